@@ -1,0 +1,67 @@
+# mdfast developer entry points. `make test` on a fresh machine: venv, torch, mdfast with its
+# kernels, the test suite. Override PYTHON, VENV or TORCH_SPEC on the command line.
+PYTHON     ?= python3
+VENV       ?= .venv
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+PY         := $(VENV)/bin/python
+PIP        := $(PY) -m pip
+PYTEST_ARGS ?=
+CSRC       := $(shell find csrc -type f 2>/dev/null)
+
+# CUDA kernels are compiled (not run) whenever torch is a CUDA build and nvcc exists.
+ifneq ($(wildcard /usr/local/cuda/bin/nvcc),)
+export CUDA_HOME ?= /usr/local/cuda
+endif
+
+.PHONY: help venv install build test test-py test-cpp bench lint format clean
+
+help:
+	@echo "make test    - create $(VENV), install torch + mdfast (kernels built), run all tests"
+	@echo "make build   - rebuild the extension in place (incremental, for development)"
+	@echo "make bench   - run the benchmarks, rows go to bench/results/*.csv"
+	@echo "make lint    - ruff + clang-format checks"
+
+$(VENV)/.deps: pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q $(TORCH_SPEC)
+	$(PIP) install -q setuptools wheel ninja numpy pytest pytest-benchmark scipy ruff clang-format matplotlib
+	touch $@
+
+venv: $(VENV)/.deps
+
+$(VENV)/.installed: $(VENV)/.deps setup.py $(CSRC)
+	$(PIP) install --no-build-isolation --no-deps -e .
+	touch $@
+
+install: $(VENV)/.installed
+
+build: $(VENV)/.deps
+	$(PY) setup.py -q build_ext --inplace
+
+test: install test-py test-cpp
+
+test-py: install
+	$(PY) -c "import mdfast, pprint; pprint.pprint(mdfast.build_info())"
+	$(PY) -m pytest $(PYTEST_ARGS) tests
+
+test-cpp:
+	cmake -S . -B build/cmake -DMDFAST_CUDA_KERNEL_CHECK=OFF -DCMAKE_BUILD_TYPE=Release > /dev/null
+	cmake --build build/cmake -j 2
+	ctest --test-dir build/cmake --output-on-failure
+
+bench: install
+	$(PY) -m bench
+
+lint: $(VENV)/.deps
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/clang-format --dry-run -Werror $$(find csrc tests/cpp -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.cuh')
+
+format: $(VENV)/.deps
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/clang-format -i $$(find csrc tests/cpp -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.cuh')
+
+clean:
+	rm -rf build mdfast/_C*.so $(VENV)/.installed

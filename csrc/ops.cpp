@@ -1,0 +1,42 @@
+// The single TORCH_LIBRARY(mdfast) block: every op schema of the package lives here. Kernels are
+// registered per backend in csrc/cpu/*.cpp and csrc/cuda/*.cu; fakes and autograd in mdfast/ops.py.
+// The PYBIND11 module only reports how the extension was built.
+#include <pybind11/pybind11.h>
+#include <torch/library.h>
+
+#ifndef MDFAST_TORCH_VERSION
+#define MDFAST_TORCH_VERSION "unknown"
+#endif
+
+TORCH_LIBRARY(mdfast, m) {
+  // --- RNG (csrc/include/mdfast/philox.h) ---
+  m.def("philox4x32(Tensor counter, Tensor key) -> Tensor");
+  m.def("uniform_out(Tensor(a!) out, int seed, int offset) -> ()");
+}
+
+namespace py = pybind11;
+
+PYBIND11_MODULE(_C, module) {
+  module.doc() = "mdfast compiled kernels (ops are registered under torch.ops.mdfast)";
+  module.def("build_info", []() {
+    py::dict info;
+    info["torch_version"] = MDFAST_TORCH_VERSION;
+#ifdef MDFAST_WITH_CUDA
+    info["cuda"] = true;
+    info["cuda_version"] = MDFAST_CUDA_VERSION;
+    info["cuda_arch_list"] = MDFAST_CUDA_ARCH_LIST;
+#else
+    info["cuda"] = false;
+    info["cuda_version"] = py::none();
+    info["cuda_arch_list"] = py::none();
+#endif
+#ifdef _OPENMP
+    info["openmp"] = _OPENMP;
+#else
+    info["openmp"] = py::none();
+#endif
+    info["compiler"] = __VERSION__;
+    info["cplusplus"] = __cplusplus;
+    return info;
+  });
+}

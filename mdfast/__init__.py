@@ -1,0 +1,41 @@
+"""mdfast: fast, exact kernels, samplers and training for masked discrete diffusion models.
+
+The op surface lives in :mod:`mdfast.ops` (``torch.ops.mdfast.*`` underneath), the pure-PyTorch
+twin of every op in :mod:`mdfast.reference`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from mdfast import _extension, ops, reference
+
+__version__ = "0.1.0"
+__all__ = ["__version__", "build_info", "ops", "reference"]
+
+
+def build_info() -> dict:
+    """How this mdfast was built and what it runs on.
+
+    Keys: ``version``, ``torch`` (running torch), ``torch_cuda`` (CUDA version torch was built
+    with), ``extension`` (whether ``mdfast._C`` loaded), ``extension_error`` (why not),
+    ``backends`` (compiled kernel backends, e.g. ``["CPU", "CUDA"]``), ``compiled`` (the
+    extension's own record: torch version it was compiled against, CUDA version and arch list,
+    OpenMP, compiler), ``cuda_available`` (a GPU is visible now) and ``ops`` (registered ops).
+    """
+    ops_registered = sorted(
+        name.split("::", 1)[1]
+        for name in torch._C._dispatch_get_all_op_names()
+        if name.startswith("mdfast::")
+    )
+    return {
+        "version": __version__,
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "extension": _extension._C is not None,
+        "extension_error": _extension.LOAD_ERROR,
+        "backends": sorted(b.upper() for b in _extension.BACKENDS),
+        "compiled": dict(_extension.COMPILED),
+        "cuda_available": torch.cuda.is_available(),
+        "ops": ops_registered,
+    }

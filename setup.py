@@ -1,0 +1,103 @@
+"""Build mdfast's C++ (always) and CUDA (when possible) kernels into ``mdfast._C``.
+
+Install with ``pip install --no-build-isolation -e .``: an isolated build environment would
+resolve a second multi-GB torch. Environment:
+
+* ``MDFAST_BUILD_CUDA=0|1`` forces the CUDA kernels off / on (default: on when the installed torch
+  is a CUDA build and nvcc is found; no visible GPU is needed to compile).
+* ``TORCH_CUDA_ARCH_LIST`` picks the GPU architectures (default ``8.0;9.0``).
+* ``MDFAST_DEBUG=1`` builds with ``-O0 -g``; ``MAX_JOBS`` caps ninja's parallelism.
+"""
+
+import glob
+import os
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+ROOT = Path(__file__).resolve().parent
+DEFAULT_ARCH_LIST = "8.0;9.0"
+
+
+def _cuda_wanted(torch, cuda_home):
+    flag = os.environ.get("MDFAST_BUILD_CUDA", "").strip()
+    if flag not in ("", "0", "1"):
+        raise SystemExit(f"MDFAST_BUILD_CUDA must be 0 or 1, got {flag!r}")
+    nvcc = cuda_home and (Path(cuda_home) / "bin" / "nvcc").exists()
+    possible = torch.version.cuda is not None and bool(nvcc)
+    if flag == "1" and not possible:
+        why = "torch is a CPU-only build" if torch.version.cuda is None else "nvcc was not found"
+        raise SystemExit(
+            f"MDFAST_BUILD_CUDA=1 but CUDA kernels cannot be built: {why} "
+            "(set CUDA_HOME to the toolkit root)"
+        )
+    return possible if flag == "" else flag == "1"
+
+
+def _nvidia_wheel_includes(torch):
+    """Headers of the pip-installed CUDA libraries (cuBLAS, cuSPARSE...) that ATen's CUDA headers
+    include; the system toolkit may not carry them."""
+    site = Path(torch.__file__).resolve().parent.parent
+    return sorted(str(p) for p in site.glob("nvidia/*/include") if p.is_dir())
+
+
+def _extensions():
+    # torch derives CUDA_HOME from `which nvcc` when unset; a wrapper script on PATH (as on our CI
+    # machines) would point it at the wrong root, so prefer the conventional toolkit location.
+    if not (os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")):
+        if Path("/usr/local/cuda/bin/nvcc").exists():
+            os.environ["CUDA_HOME"] = "/usr/local/cuda"
+    import torch
+    from torch.utils.cpp_extension import CUDA_HOME, CppExtension, CUDAExtension
+
+    with_cuda = _cuda_wanted(torch, CUDA_HOME)
+    debug = os.environ.get("MDFAST_DEBUG") == "1"
+    opt = ["-O0", "-g"] if debug else ["-O3"]
+
+    sources = [str(p.relative_to(ROOT)) for p in sorted((ROOT / "csrc").glob("*.cpp"))]
+    sources += sorted(glob.glob("csrc/cpu/*.cpp", root_dir=ROOT))
+    define_macros = [("MDFAST_TORCH_VERSION", f'"{torch.__version__}"')]
+    cxx_flags = [*opt, "-fopenmp", "-Wall", "-Wno-unknown-pragmas"]
+    extra_compile_args = {"cxx": cxx_flags}
+    include_dirs = [str(ROOT / "csrc" / "include")]
+
+    if with_cuda:
+        arch_list = os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_ARCH_LIST)
+        sources += sorted(glob.glob("csrc/cuda/*.cu", root_dir=ROOT))
+        define_macros += [
+            ("MDFAST_WITH_CUDA", None),
+            ("MDFAST_CUDA_VERSION", f'"{torch.version.cuda}"'),
+            ("MDFAST_CUDA_ARCH_LIST", f'"{arch_list}"'),
+        ]
+        include_dirs += _nvidia_wheel_includes(torch)
+        extra_compile_args["nvcc"] = [*opt, "--expt-relaxed-constexpr", "-lineinfo"]
+        ext = CUDAExtension
+    else:
+        ext = CppExtension
+    print(
+        f"mdfast: building CPU kernels{' and CUDA kernels' if with_cuda else ''} "
+        f"({len(sources)} sources)"
+    )
+    return [
+        ext(
+            name="mdfast._C",
+            sources=sources,
+            include_dirs=include_dirs,
+            define_macros=define_macros,
+            extra_compile_args=extra_compile_args,
+            extra_link_args=["-fopenmp"],
+        )
+    ]
+
+
+def _build_ext():
+    from torch.utils.cpp_extension import BuildExtension
+
+    return BuildExtension.with_options(use_ninja=True)
+
+
+setup(
+    packages=find_packages(include=["mdfast", "mdfast.*"]),
+    ext_modules=_extensions(),
+    cmdclass={"build_ext": _build_ext()},
+)
