@@ -12,6 +12,12 @@ TORCH_LIBRARY(mdfast, m) {
   // --- RNG (csrc/include/mdfast/philox.h) ---
   m.def("philox4x32(Tensor counter, Tensor key) -> Tensor");
   m.def("uniform_out(Tensor(a!) out, int seed, int offset) -> ()");
+
+  // --- masked cross-entropy (issue 3) ---
+
+  // --- sampling: sample_x0, mask_step (issue 4) ---
+
+  // --- MDM-Prime sub-tokens (issue 5) ---
 }
 
 namespace py = pybind11;

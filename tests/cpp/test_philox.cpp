@@ -59,6 +59,15 @@ int main() {
   expect(mdfast::uniform_float_at(seed, offset, 22) == mdfast::uniform_float_from_word(r.w[2]),
          "float element mapping");
 
+  // Sub-streams: stream 0 is the plain stream; stream 1 lives in blocks (1 << 56) | b.
+  expect(mdfast::uniform_double_at(seed, offset, 0u, 11) ==
+             mdfast::uniform_double_at(seed, offset, 11),
+         "sub-stream 0 == plain stream");
+  const mdfast::PhiloxWords s1 = mdfast::philox_block(seed, offset, (1ULL << 56) | 5);
+  expect(mdfast::uniform_double_at(seed, offset, 1u, 11) ==
+             mdfast::uniform_double_from_words(s1.w[2], s1.w[3]),
+         "sub-stream 1 layout");
+
   // Means of many draws are near 1/2 (a gross-error check; the statistics live in pytest).
   double sum = 0;
   const int n = 1 << 16;

@@ -25,6 +25,11 @@
 //   float32: element i uses block i / 4 and word w[i % 4]; k = w >> 8 (24 bits), u = k * 2^-24,
 //            except k = 0, which gives u = 2^-25.
 //   Every value is an exact float, so CPU and CUDA agree bit for bit.
+//
+// Sub-streams inside one op call
+//   An op that needs several independent families of numbers in one call (say, one uniform per
+//   position for its event and one per class for a Gumbel draw) takes them from sub-streams:
+//   stream s (0..255) uses blocks (s << 56) | b. Stream 0 is exactly what ops.uniform returns.
 #pragma once
 
 #include <cstdint>
@@ -105,6 +110,15 @@ MDFAST_HOST_DEVICE double uniform_double_at(uint64_t seed, uint64_t offset, uint
 MDFAST_HOST_DEVICE float uniform_float_at(uint64_t seed, uint64_t offset, uint64_t i) {
   const PhiloxWords r = philox_block(seed, offset, i >> 2);
   return uniform_float_from_word(r.w[i & 3]);
+}
+
+// Element i of float64 sub-stream `stream` (0..255) of the call (seed, offset).
+MDFAST_HOST_DEVICE double uniform_double_at(uint64_t seed, uint64_t offset, uint32_t stream,
+                                            uint64_t i) {
+  const PhiloxWords r =
+      philox_block(seed, offset, (static_cast<uint64_t>(stream) << 56) | (i >> 1));
+  const int j = static_cast<int>(i & 1) * 2;
+  return uniform_double_from_words(r.w[j], r.w[j + 1]);
 }
 
 }  // namespace mdfast
