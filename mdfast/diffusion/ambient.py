@@ -1,0 +1,228 @@
+"""Masked diffusion on binarized MNIST: the clean MDLM baseline, the naive baseline on corrupted
+data, and the ambient objective (easy + consistency losses).
+
+Tokens are {0, 1, MASK} (``mdfast.data.mnist``); a denoiser maps int64 tokens [B, 28, 28] to
+logits [B, 28, 28, 3] whose mask class is excluded (SUBS). Every objective below reduces to the
+per-pixel masked cross-entropy ``w · (logsumexp_{v ≠ MASK} z_v − z_target)``, computed by one call
+of :func:`pixel_ce` (``mdfast.ops.masked_ce``).
+
+Objectives (each a module with ``loss(batch) -> (loss, metrics)``):
+
+- :class:`MDLMBaseline` — MDLM's continuous-time SUBS NELBO on clean digits ``x0``:
+  t ~ U[ε_t, 1] (antithetic over the batch), each pixel masked with prob 1 − α_t,
+  loss = mean over pixels of 1[masked] · w(t) · CE, with w(t) = −α'_t/(1 − α_t) (= 1/t for the
+  log-linear schedule).
+- :class:`NaiveCorrupted` — the same MDLM loss on corrupted data ``(x_obs, observed)``, treating
+  the unobserved pixels as masked: x_t = x_obs masked further at t; only pixels that are observed
+  and masked by the diffusion carry loss (mean over observed pixels).
+- :class:`AmbientMDLM` — data observed with masked fraction t_d:
+  * easy loss: draw a total masked fraction t_e ~ U(t_d, 1) and hide each observed pixel with
+    prob (t_e − t_d)/(1 − t_d), so the input's masked fraction is t_e in expectation (the seed fed
+    t_e but actually masked t_d + (1 − t_d)·t_e); CE on the observed-but-now-hidden pixels only
+    (mean over them), the only pixels whose value is known;
+  * consistency loss: the student is the model at the data (x_obs, noise level t_d), with
+    gradient. Without gradient: x̂ ~ p_θ(· | x_obs); a reverse step to s = max(t_d − δ, s_min)
+    keeps each masked pixel masked with prob s/t_d (the exact stay-masked probability) and reveals
+    the others with their x̂ value; the teacher is the same model at that x_s. The target of
+    masked pixel i is one-hot(x̂_i) where it was revealed and p_θ(x0_i | x_s) where it stayed
+    masked — a one-sample estimate of E_{x_s}[p(x0_i | x_s)] = p(x0_i | x_obs) (the martingale
+    property). Loss: soft-target CE of the student against it, mean over masked pixels.
+    (The seed revealed the pixels it meant to keep masked and vice versa, and flagged the wrong
+    set as masked; fixed here.)
+  * total: easy + consistency_weight · consistency.
+
+Nothing here reads the value of an unobserved pixel: every objective overwrites them with MASK
+before use.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mdfast.data.mnist import MASK
+
+__all__ = ["AmbientMDLM", "MDLMBaseline", "NaiveCorrupted", "pixel_ce"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Single points where this module meets the loss kernel and the schedule (issue 3). Until
+# mdfast.ops.masked_ce / mdfast.schedules land, the stand-ins below keep the same signatures;
+# they are replaced by imports when those land.
+# ---------------------------------------------------------------------------------------------
+
+try:
+    from mdfast.ops import masked_ce as _masked_ce
+except ImportError:  # stand-in until issue 3 lands; removed on merge
+
+    def _masked_ce(logits, target, weight=None, exclude_index=-1, inplace_backward=False):
+        z = logits.float()
+        if exclude_index >= 0:
+            z = z.index_fill(-1, torch.tensor([exclude_index], device=z.device), float("-inf"))
+        loss = torch.logsumexp(z, -1) - z.gather(-1, target[:, None])[:, 0]
+        return loss if weight is None else torch.where(weight != 0, weight * loss, 0.0)
+
+
+_EPS_ALPHA = 1e-3  # MDLM log-linear: α_t = 1 − (1 − ε)t
+_EPS_T = 1e-3  # t ~ U[ε_t, 1]
+
+
+def _loglinear_alpha_and_weight(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """α_t and the SUBS loss weight −α'_t/(1 − α_t) of MDLM's log-linear schedule."""
+    alpha = 1 - (1 - _EPS_ALPHA) * t
+    return alpha, (1 - _EPS_ALPHA) / (1 - alpha)
+
+
+def _antithetic_t(batch: int, device) -> torch.Tensor:
+    """MDLM's low-discrepancy times: (u + i/B) mod 1, mapped to [ε_t, 1]."""
+    u = (torch.rand((), device=device) + torch.arange(batch, device=device) / batch) % 1
+    return (1 - _EPS_T) * u + _EPS_T
+
+
+def pixel_ce(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Per-pixel weighted CE with the mask class excluded; logits [..., 3], target/weight [...].
+
+    Pixels with weight 0 are not read (their target may be anything in range)."""
+    return _masked_ce(
+        logits.reshape(-1, logits.shape[-1]),
+        target.reshape(-1),
+        weight.reshape(-1).float(),
+        exclude_index=MASK,
+    ).view(target.shape)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _unpack(batch):
+    if isinstance(batch, (tuple, list)):
+        return batch
+    return (batch,)
+
+
+class _PixelObjective(nn.Module):
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+class MDLMBaseline(_PixelObjective):
+    """MDLM SUBS NELBO on clean binarized digits. ``batch``: x0 int64 [B, 28, 28] (or a tuple
+    whose first item it is, e.g. ``(x0, label)``)."""
+
+    kind = "baseline"
+
+    def loss(self, batch):
+        x0 = _unpack(batch)[0]
+        b = x0.shape[0]
+        t = _antithetic_t(b, x0.device)
+        alpha, w = _loglinear_alpha_and_weight(t)
+        noised = torch.rand(x0.shape, device=x0.device) < (1 - alpha).view(-1, 1, 1)
+        xt = x0.masked_fill(noised, MASK)
+        per_pixel = pixel_ce(self.model(xt), x0, noised * w.view(-1, 1, 1))
+        loss = per_pixel.sum() / x0.numel()
+        return loss, {"loss": loss.detach()}
+
+
+class NaiveCorrupted(_PixelObjective):
+    """Plain MDLM on corrupted data: unobserved pixels are just more masked pixels.
+    ``batch``: ``(x_obs, observed, ...)`` as from :class:`~mdfast.data.mnist.CorruptedMNIST`."""
+
+    kind = "naive"
+
+    def loss(self, batch):
+        x_obs, observed = _unpack(batch)[:2]
+        x_obs = x_obs.masked_fill(~observed, MASK)
+        b = x_obs.shape[0]
+        t = _antithetic_t(b, x_obs.device)
+        alpha, w = _loglinear_alpha_and_weight(t)
+        noised = torch.rand(x_obs.shape, device=x_obs.device) < (1 - alpha).view(-1, 1, 1)
+        xt = x_obs.masked_fill(noised, MASK)
+        supervised = noised & observed
+        per_pixel = pixel_ce(self.model(xt), x_obs, supervised * w.view(-1, 1, 1))
+        loss = per_pixel.sum() / observed.sum().clamp(min=1)
+        return loss, {"loss": loss.detach()}
+
+
+class AmbientMDLM(_PixelObjective):
+    """Ambient training on data observed with masked fraction ``masked_fraction`` (t_d).
+
+    Args:
+        model: the denoiser.
+        masked_fraction: the data's masked fraction t_d, in [0, 1).
+        consistency_weight: λ in easy + λ · consistency (the seed's ``--consistency_weight``).
+        step_back: δ, the teacher's noise level is s = max(t_d − δ, min_teacher_level).
+        min_teacher_level: floor of s.
+    """
+
+    kind = "ambient"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        masked_fraction: float,
+        consistency_weight: float = 1.0,
+        step_back: float = 0.1,
+        min_teacher_level: float = 1e-3,
+    ):
+        super().__init__(model)
+        if not 0.0 <= masked_fraction < 1.0:
+            raise ValueError(
+                f"mdfast: argument 'masked_fraction' must be in [0, 1), got {masked_fraction}"
+            )
+        self.masked_fraction = float(masked_fraction)
+        self.consistency_weight = float(consistency_weight)
+        self.step_back = float(step_back)
+        self.min_teacher_level = float(min_teacher_level)
+
+    def easy_loss(self, x_obs: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
+        t_d = self.masked_fraction
+        b = x_obs.shape[0]
+        t_e = t_d + (1 - t_d) * _antithetic_t(b, x_obs.device)
+        extra = (t_e - t_d) / (1 - t_d)
+        hidden = observed & (torch.rand(x_obs.shape, device=x_obs.device) < extra.view(-1, 1, 1))
+        x_in = x_obs.masked_fill(hidden, MASK)
+        per_pixel = pixel_ce(self.model(x_in), x_obs, hidden)
+        return per_pixel.sum() / hidden.sum().clamp(min=1)
+
+    def consistency_loss(self, x_obs: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
+        masked = ~observed
+        if not masked.any():
+            return x_obs.new_zeros((), dtype=torch.float32)
+        student = self.model(x_obs)
+        t = masked.flatten(1).float().mean(1).clamp(min=1e-6)  # the realised data noise level
+        s = (t - self.step_back).clamp(min=self.min_teacher_level)
+        with torch.no_grad():
+            logits = student.detach().float()
+            logits[..., MASK] = float("-inf")
+            p1 = logits.softmax(-1)[..., 1]
+            x_hat = (torch.rand_like(p1) < p1).long()
+            stay = masked & (torch.rand(x_obs.shape, device=x_obs.device) < (s / t).view(-1, 1, 1))
+            x_s = torch.where(masked & ~stay, x_hat, x_obs)
+            teacher = self.model(x_s).float()
+            teacher[..., MASK] = float("-inf")
+            q1 = torch.where(stay, teacher.softmax(-1)[..., 1], x_hat.float())
+        # Soft-target CE = q1·CE(target 1) + (1 − q1)·CE(target 0): one call over both halves.
+        ones = torch.ones_like(x_obs)
+        per_pixel = pixel_ce(
+            torch.cat([student, student]),
+            torch.cat([ones, 1 - ones]),
+            torch.cat([q1 * masked, (1 - q1) * masked]),
+        )
+        return per_pixel.sum() / masked.sum()
+
+    def loss(self, batch):
+        x_obs, observed = _unpack(batch)[:2]
+        x_obs = x_obs.masked_fill(~observed, MASK)
+        easy = self.easy_loss(x_obs, observed)
+        metrics = {"easy": easy.detach()}
+        loss = easy
+        if self.consistency_weight != 0:
+            hard = self.consistency_loss(x_obs, observed)
+            loss = loss + self.consistency_weight * hard
+            metrics["consistency"] = hard.detach()
+        metrics["loss"] = loss.detach()
+        return loss, metrics

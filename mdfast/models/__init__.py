@@ -1,0 +1,3 @@
+"""Denoiser networks."""
+
+from mdfast.models.mnist_unet import MNISTUNet as MNISTUNet

@@ -1,0 +1,156 @@
+"""A small conv UNet denoiser for binarized MNIST (tokens {0, 1, MASK}).
+
+Input: int64 tokens ``x`` of shape [B, 28, 28] or [B, 784] with values 0, 1 or ``mask_index``.
+The network sees two channels (pixel on, pixel masked) and is conditioned on the image's masked
+fraction, which it reads from ``x`` itself: the output is a function of ``x`` alone (no time
+argument), so a sampler may reuse it while ``x`` does not change.
+
+Output: logits [..., 3] in the input's layout ([B, 28, 28, 3] or [B, 784, 3]) over the classes
+{0, 1, MASK}. The mask class is a placeholder that losses and samplers exclude
+(``exclude_index = mask_index``), as in MDLM's SUBS parameterisation.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+__all__ = ["MNISTUNet"]
+
+
+def _timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device) / half)
+    args = 1000.0 * t.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+def _norm(ch: int) -> nn.GroupNorm:
+    return nn.GroupNorm(min(8, ch), ch)
+
+
+class _ResBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, emb_dim: int, dropout: float):
+        super().__init__()
+        self.norm1 = _norm(cin)
+        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
+        self.emb = nn.Linear(emb_dim, 2 * cout)
+        self.norm2 = _norm(cout)
+        self.drop = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
+        self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
+
+    def forward(self, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        y = self.conv1(F.silu(self.norm1(h)))
+        scale, shift = self.emb(emb)[:, :, None, None].chunk(2, dim=1)
+        y = self.norm2(y) * (1 + scale) + shift
+        y = self.conv2(self.drop(F.silu(y)))
+        return self.skip(h) + y
+
+
+class MNISTUNet(nn.Module):
+    """Conv UNet (GroupNorm + SiLU, no attention), 28 -> 14 -> 7 and back, with skip connections.
+
+    Args:
+        base: channels at full resolution; level ``i`` has ``base * mults[i]``.
+        mults: channel multipliers; ``len(mults) - 1`` downsamplings (at most 2 for 28x28).
+        num_res_blocks: residual blocks per level.
+        dropout: dropout inside the residual blocks.
+        mask_index: the mask token id (its class is the last of the 3 outputs).
+    """
+
+    vocab_size = 3
+
+    def __init__(
+        self,
+        base: int = 32,
+        mults: tuple[int, ...] = (1, 2, 2),
+        num_res_blocks: int = 1,
+        dropout: float = 0.0,
+        mask_index: int = 2,
+    ):
+        super().__init__()
+        if not 1 <= len(mults) <= 3:
+            raise ValueError(f"mdfast: argument 'mults' must have 1 to 3 levels, got {mults}")
+        self.config = {
+            "base": base,
+            "mults": tuple(mults),
+            "num_res_blocks": num_res_blocks,
+            "dropout": dropout,
+            "mask_index": mask_index,
+        }
+        self.mask_index = mask_index
+        emb_dim = 4 * base
+        self.time_mlp = nn.Sequential(
+            nn.Linear(base, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
+        )
+        self.stem = nn.Conv2d(2, base, 3, padding=1)
+        chans = [base * m for m in mults]
+        self.down = nn.ModuleList()
+        self.downsample = nn.ModuleList()
+        skip_ch = [base]
+        ch = base
+        for i, c in enumerate(chans):
+            blocks = nn.ModuleList()
+            for _ in range(num_res_blocks):
+                blocks.append(_ResBlock(ch, c, emb_dim, dropout))
+                ch = c
+                skip_ch.append(ch)
+            self.down.append(blocks)
+            if i < len(chans) - 1:
+                self.downsample.append(nn.Conv2d(ch, ch, 3, stride=2, padding=1))
+                skip_ch.append(ch)
+        self.mid = nn.ModuleList(
+            [_ResBlock(ch, ch, emb_dim, dropout), _ResBlock(ch, ch, emb_dim, dropout)]
+        )
+        self.up = nn.ModuleList()
+        self.upsample = nn.ModuleList()
+        for i, c in reversed(list(enumerate(chans))):
+            blocks = nn.ModuleList()
+            for _ in range(num_res_blocks + 1):
+                blocks.append(_ResBlock(ch + skip_ch.pop(), c, emb_dim, dropout))
+                ch = c
+            self.up.append(blocks)
+            if i > 0:
+                self.upsample.append(nn.Conv2d(ch, ch, 3, padding=1))
+        self.out_norm = _norm(ch)
+        self.out = nn.Conv2d(ch, self.vocab_size, 3, padding=1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.dim() == 2
+        if flat:
+            if x.shape[1] != 784:
+                raise ValueError(
+                    f"mdfast: argument 'x' must be [B, 784] or [B, 28, 28], got {list(x.shape)}"
+                )
+            x = x.view(-1, 28, 28)
+        masked = x == self.mask_index
+        pixel = (x == 1) & ~masked
+        inp = torch.stack([pixel, masked], dim=1).to(self.stem.weight.dtype)
+        masked_fraction = masked.flatten(1).float().mean(1)
+        emb = self.time_mlp(_timestep_embedding(masked_fraction, self.stem.out_channels))
+
+        h = self.stem(inp)
+        skips = [h]
+        for i, blocks in enumerate(self.down):
+            for block in blocks:
+                h = block(h, emb)
+                skips.append(h)
+            if i < len(self.downsample):
+                h = self.downsample[i](h)
+                skips.append(h)
+        for block in self.mid:
+            h = block(h, emb)
+        for i, blocks in enumerate(self.up):
+            for block in blocks:
+                h = block(torch.cat([h, skips.pop()], dim=1), emb)
+            if i < len(self.upsample):
+                h = F.interpolate(h, scale_factor=2, mode="nearest")
+                h = self.upsample[i](h)
+        logits = self.out(F.silu(self.out_norm(h))).permute(0, 2, 3, 1)
+        return logits.reshape(-1, 784, self.vocab_size) if flat else logits
