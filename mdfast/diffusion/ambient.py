@@ -101,12 +101,15 @@ def _unpack(batch):
 
 
 class _PixelObjective(nn.Module):
+    """``forward(batch) -> (loss, metrics)`` (``loss`` is the same call); the denoiser is
+    ``self.model``. The trainer wraps the objective, so DDP sees every trained parameter."""
+
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
+    def loss(self, batch):
+        return self(batch)
 
 
 class MDLMBaseline(_PixelObjective):
@@ -115,7 +118,7 @@ class MDLMBaseline(_PixelObjective):
 
     kind = "baseline"
 
-    def loss(self, batch):
+    def forward(self, batch):
         x0 = _unpack(batch)[0]
         b = x0.shape[0]
         t = _antithetic_t(b, x0.device)
@@ -133,7 +136,7 @@ class NaiveCorrupted(_PixelObjective):
 
     kind = "naive"
 
-    def loss(self, batch):
+    def forward(self, batch):
         x_obs, observed = _unpack(batch)[:2]
         x_obs = x_obs.masked_fill(~observed, MASK)
         b = x_obs.shape[0]
@@ -214,7 +217,7 @@ class AmbientMDLM(_PixelObjective):
         )
         return per_pixel.sum() / masked.sum()
 
-    def loss(self, batch):
+    def forward(self, batch):
         x_obs, observed = _unpack(batch)[:2]
         x_obs = x_obs.masked_fill(~observed, MASK)
         easy = self.easy_loss(x_obs, observed)

@@ -60,6 +60,9 @@ class MNISTUNet(nn.Module):
         num_res_blocks: residual blocks per level.
         dropout: dropout inside the residual blocks.
         mask_index: the mask token id (its class is the last of the 3 outputs).
+        patch: side of the pixel patches folded into channels before the first conv
+            (pixel-unshuffle; 2 runs the UNet at 14x14, about 4x cheaper on CPU) and unfolded
+            after the last (every pixel keeps its own logits).
     """
 
     vocab_size = 3
@@ -71,23 +74,32 @@ class MNISTUNet(nn.Module):
         num_res_blocks: int = 1,
         dropout: float = 0.0,
         mask_index: int = 2,
+        patch: int = 1,
     ):
         super().__init__()
-        if not 1 <= len(mults) <= 3:
-            raise ValueError(f"mdfast: argument 'mults' must have 1 to 3 levels, got {mults}")
+        if patch not in (1, 2, 4):
+            raise ValueError(f"mdfast: argument 'patch' must be 1, 2 or 4, got {patch}")
+        side = 28 // patch
+        if not mults or side % (2 ** (len(mults) - 1)):
+            raise ValueError(
+                f"mdfast: argument 'mults' has {len(mults)} levels, but the {side}x{side} grid "
+                f"(patch {patch}) halves cleanly only {(side & -side).bit_length() - 1} times"
+            )
         self.config = {
             "base": base,
             "mults": tuple(mults),
             "num_res_blocks": num_res_blocks,
             "dropout": dropout,
             "mask_index": mask_index,
+            "patch": patch,
         }
+        self.patch = patch
         self.mask_index = mask_index
         emb_dim = 4 * base
         self.time_mlp = nn.Sequential(
             nn.Linear(base, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
         )
-        self.stem = nn.Conv2d(2, base, 3, padding=1)
+        self.stem = nn.Conv2d(2 * patch * patch, base, 3, padding=1)
         chans = [base * m for m in mults]
         self.down = nn.ModuleList()
         self.downsample = nn.ModuleList()
@@ -117,7 +129,7 @@ class MNISTUNet(nn.Module):
             if i > 0:
                 self.upsample.append(nn.Conv2d(ch, ch, 3, padding=1))
         self.out_norm = _norm(ch)
-        self.out = nn.Conv2d(ch, self.vocab_size, 3, padding=1)
+        self.out = nn.Conv2d(ch, self.vocab_size * patch * patch, 3, padding=1)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
@@ -135,7 +147,7 @@ class MNISTUNet(nn.Module):
         masked_fraction = masked.flatten(1).float().mean(1)
         emb = self.time_mlp(_timestep_embedding(masked_fraction, self.stem.out_channels))
 
-        h = self.stem(inp)
+        h = self.stem(F.pixel_unshuffle(inp, self.patch) if self.patch > 1 else inp)
         skips = [h]
         for i, blocks in enumerate(self.down):
             for block in blocks:
@@ -152,5 +164,8 @@ class MNISTUNet(nn.Module):
             if i < len(self.upsample):
                 h = F.interpolate(h, scale_factor=2, mode="nearest")
                 h = self.upsample[i](h)
-        logits = self.out(F.silu(self.out_norm(h))).permute(0, 2, 3, 1)
+        logits = self.out(F.silu(self.out_norm(h)))
+        if self.patch > 1:
+            logits = F.pixel_shuffle(logits, self.patch)
+        logits = logits.permute(0, 2, 3, 1)
         return logits.reshape(-1, 784, self.vocab_size) if flat else logits

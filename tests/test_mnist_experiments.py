@@ -1,0 +1,59 @@
+"""Binarized-MNIST experiment wiring: datasets per experiment, checkpoints (round trip, named as
+the seed's, mismatch errors), the PNG grid."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mdfast.data.mnist import MASK
+from mdfast.experiments import mnist as exp
+
+
+def test_training_data_per_experiment():
+    x0, labels = exp.training_data("baseline", train=False)
+    assert x0.shape == (500, 28, 28) and labels.shape == (500,)
+    x_obs, observed, labels = exp.training_data("ambient", masked_fraction=0.5, train=False)
+    assert x_obs.shape == observed.shape == (500, 28, 28)
+    assert (x_obs[~observed] == MASK).all() and (x_obs[observed] != MASK).all()
+    with pytest.raises(ValueError, match="masked_fraction"):
+        exp.training_data("naive", masked_fraction=1.0, train=False)
+    with pytest.raises(ValueError, match="unknown experiment"):
+        exp.training_data("diffusion", train=False)
+
+
+def test_checkpoint_round_trip_and_mismatch(tmp_path):
+    torch.manual_seed(0)
+    model = exp.build_model({"base": 8, "mults": (1, 2), "num_res_blocks": 1, "patch": 2})
+    torch.nn.init.normal_(model.out.weight)  # non-zero outputs
+    path = exp.save_checkpoint(
+        tmp_path / "ambient_mnist_final.pth", model, experiment="ambient", masked_fraction=0.9
+    )
+    loaded, meta = exp.load_checkpoint(path, experiment="ambient")
+    assert meta["experiment"] == "ambient" and meta["masked_fraction"] == 0.9
+    x = torch.randint(0, 3, (2, 28, 28))
+    torch.testing.assert_close(loaded(x), model.eval()(x))
+    with pytest.raises(exp.CheckpointMismatchError, match="'ambient', expected 'baseline'"):
+        exp.load_checkpoint(path, experiment="baseline")
+    other = tmp_path / "dit.pt"
+    torch.save({"model": {}, "step": 3}, other)
+    with pytest.raises(exp.CheckpointMismatchError, match="not a binarized-MNIST checkpoint"):
+        exp.load_checkpoint(other)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        exp.load_checkpoint(tmp_path / "missing.pth")
+    with pytest.raises(ValueError, match="unknown model preset"):
+        exp.build_model("huge")
+
+
+def test_save_grid_png(tmp_path):
+    from PIL import Image
+
+    tokens = torch.zeros(10, 28, 28, dtype=torch.long)
+    tokens[3, 5:20, 14] = 1
+    path = exp.save_grid(tokens, tmp_path / "g.png", nrow=5, scale=1)
+    img = torch.from_numpy(np.asarray(Image.open(path)).copy())
+    assert img.shape == (62, 152)
+    # Digit 3 sits in row 0, column 3: its stroke is white, everything else in its cell black.
+    cell = img[2:30, 2 + 3 * 30 : 2 + 3 * 30 + 28]
+    assert (cell[5:20, 14] == 255).all() and (cell == 255).sum() == 15
