@@ -1,4 +1,5 @@
-"""Train the ambient masked diffusion model on binarized MNIST (the seed README's `train_ambient.py`).
+"""Train the ambient masked diffusion model on binarized MNIST (the seed README's
+`train_ambient.py`).
 
     python examples/mnist/train_ambient.py --n_epochs 10 --device cpu --output_folder outputs
 

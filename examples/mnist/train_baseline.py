@@ -1,4 +1,5 @@
-"""Train the baseline masked diffusion model on binarized MNIST (the seed README's `train_baseline.py`).
+"""Train the baseline masked diffusion model on binarized MNIST (the seed README's
+`train_baseline.py`).
 
     python examples/mnist/train_baseline.py --n_epochs 10 --device cpu --output_folder outputs
 
