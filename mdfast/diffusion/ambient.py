@@ -41,49 +41,18 @@ import torch
 from torch import nn
 
 from mdfast.data.mnist import MASK
+from mdfast.losses import subs_loss, token_mean
+from mdfast.ops import masked_ce
+from mdfast.schedules import LogLinearSchedule, sample_t
 
 __all__ = ["AmbientMDLM", "MDLMBaseline", "NaiveCorrupted", "pixel_ce"]
-
-
-# ---------------------------------------------------------------------------------------------
-# Single points where this module meets the loss kernel and the schedule (issue 3). Until
-# mdfast.ops.masked_ce / mdfast.schedules land, the stand-ins below keep the same signatures;
-# they are replaced by imports when those land.
-# ---------------------------------------------------------------------------------------------
-
-try:
-    from mdfast.ops import masked_ce as _masked_ce
-except ImportError:  # stand-in until issue 3 lands; removed on merge
-
-    def _masked_ce(logits, target, weight=None, exclude_index=-1, inplace_backward=False):
-        z = logits.float()
-        if exclude_index >= 0:
-            z = z.index_fill(-1, torch.tensor([exclude_index], device=z.device), float("-inf"))
-        loss = torch.logsumexp(z, -1) - z.gather(-1, target[:, None])[:, 0]
-        return loss if weight is None else torch.where(weight != 0, weight * loss, 0.0)
-
-
-_EPS_ALPHA = 1e-3  # MDLM log-linear: α_t = 1 − (1 − ε)t
-_EPS_T = 1e-3  # t ~ U[ε_t, 1]
-
-
-def _loglinear_alpha_and_weight(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """α_t and the SUBS loss weight −α'_t/(1 − α_t) of MDLM's log-linear schedule."""
-    alpha = 1 - (1 - _EPS_ALPHA) * t
-    return alpha, (1 - _EPS_ALPHA) / (1 - alpha)
-
-
-def _antithetic_t(batch: int, device) -> torch.Tensor:
-    """MDLM's low-discrepancy times: (u + i/B) mod 1, mapped to [ε_t, 1]."""
-    u = (torch.rand((), device=device) + torch.arange(batch, device=device) / batch) % 1
-    return (1 - _EPS_T) * u + _EPS_T
 
 
 def pixel_ce(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """Per-pixel weighted CE with the mask class excluded; logits [..., 3], target/weight [...].
 
     Pixels with weight 0 are not read (their target may be anything in range)."""
-    return _masked_ce(
+    return masked_ce(
         logits.reshape(-1, logits.shape[-1]),
         target.reshape(-1),
         weight.reshape(-1).float(),
@@ -118,15 +87,17 @@ class MDLMBaseline(_PixelObjective):
 
     kind = "baseline"
 
+    def __init__(self, model: nn.Module, schedule=None):
+        super().__init__(model)
+        self.schedule = LogLinearSchedule() if schedule is None else schedule
+
     def forward(self, batch):
         x0 = _unpack(batch)[0]
-        b = x0.shape[0]
-        t = _antithetic_t(b, x0.device)
-        alpha, w = _loglinear_alpha_and_weight(t)
-        noised = torch.rand(x0.shape, device=x0.device) < (1 - alpha).view(-1, 1, 1)
+        t = sample_t(x0.shape[0], device=x0.device)
+        move = self.schedule.move_chance(t).view(-1, 1, 1)
+        noised = torch.rand(x0.shape, device=x0.device) < move
         xt = x0.masked_fill(noised, MASK)
-        per_pixel = pixel_ce(self.model(xt), x0, noised * w.view(-1, 1, 1))
-        loss = per_pixel.sum() / x0.numel()
+        loss = token_mean(subs_loss(self.model(xt), x0, xt, MASK, t, self.schedule))
         return loss, {"loss": loss.detach()}
 
 
@@ -136,16 +107,20 @@ class NaiveCorrupted(_PixelObjective):
 
     kind = "naive"
 
+    def __init__(self, model: nn.Module, schedule=None):
+        super().__init__(model)
+        self.schedule = LogLinearSchedule() if schedule is None else schedule
+
     def forward(self, batch):
         x_obs, observed = _unpack(batch)[:2]
         x_obs = x_obs.masked_fill(~observed, MASK)
-        b = x_obs.shape[0]
-        t = _antithetic_t(b, x_obs.device)
-        alpha, w = _loglinear_alpha_and_weight(t)
-        noised = torch.rand(x_obs.shape, device=x_obs.device) < (1 - alpha).view(-1, 1, 1)
+        t = sample_t(x_obs.shape[0], device=x_obs.device)
+        move = self.schedule.move_chance(t).view(-1, 1, 1)
+        noised = torch.rand(x_obs.shape, device=x_obs.device) < move
         xt = x_obs.masked_fill(noised, MASK)
-        supervised = noised & observed
-        per_pixel = pixel_ce(self.model(xt), x_obs, supervised * w.view(-1, 1, 1))
+        # MDLM's SUBS term, restricted to pixels whose value is known.
+        weight = (noised & observed) * self.schedule.loss_weight(t).view(-1, 1, 1)
+        per_pixel = pixel_ce(self.model(xt), x_obs, weight)
         loss = per_pixel.sum() / observed.sum().clamp(min=1)
         return loss, {"loss": loss.detach()}
 
@@ -183,8 +158,7 @@ class AmbientMDLM(_PixelObjective):
 
     def easy_loss(self, x_obs: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
         t_d = self.masked_fraction
-        b = x_obs.shape[0]
-        t_e = t_d + (1 - t_d) * _antithetic_t(b, x_obs.device)
+        t_e = t_d + (1 - t_d) * sample_t(x_obs.shape[0], device=x_obs.device)
         extra = (t_e - t_d) / (1 - t_d)
         hidden = observed & (torch.rand(x_obs.shape, device=x_obs.device) < extra.view(-1, 1, 1))
         x_in = x_obs.masked_fill(hidden, MASK)

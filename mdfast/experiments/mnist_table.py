@@ -25,7 +25,9 @@ RUNS = [
 
 
 def main(argv=None) -> list[dict]:
-    p = argparse.ArgumentParser(prog="python -m mdfast.experiments.mnist_table", description=__doc__)
+    p = argparse.ArgumentParser(
+        prog="python -m mdfast.experiments.mnist_table", description=__doc__
+    )
     p.add_argument("--n_epochs", type=int, default=10)
     p.add_argument("--output_folder", default="runs/table")
     p.add_argument("--device", default=None)
