@@ -224,8 +224,8 @@ def train_experiment(
         "model_preset": model_preset,
         "data": data or "shipped",
     }
-    bounds = list(range(save_every * steps_per_epoch, total, save_every * steps_per_epoch))
-    bounds = [*bounds, total] if save_every > 0 else [total]
+    every = save_every * steps_per_epoch
+    bounds = [*range(every, total, every), total] if every > 0 else [total]
     checkpoints = []
     start = time.perf_counter()
     for i, steps in enumerate(bounds):
