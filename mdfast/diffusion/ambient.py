@@ -130,7 +130,8 @@ class AmbientMDLM(_PixelObjective):
 
     Args:
         model: the denoiser.
-        masked_fraction: the data's masked fraction t_d, in [0, 1).
+        masked_fraction: the data's masked fraction t_d, in [0, 1), kept as a record (``None``:
+            not given); both losses read each image's own noise level from its mask.
         consistency_weight: λ in easy + λ · consistency (the seed's ``--consistency_weight``).
         step_back: δ, the teacher's noise level is s = max(t_d − δ, min_teacher_level).
         min_teacher_level: floor of s.
@@ -141,26 +142,27 @@ class AmbientMDLM(_PixelObjective):
     def __init__(
         self,
         model: nn.Module,
-        masked_fraction: float,
+        masked_fraction: float | None = None,
         consistency_weight: float = 1.0,
         step_back: float = 0.1,
         min_teacher_level: float = 1e-3,
     ):
         super().__init__(model)
-        if not 0.0 <= masked_fraction < 1.0:
+        if masked_fraction is not None and not 0.0 <= masked_fraction < 1.0:
             raise ValueError(
                 f"mdfast: argument 'masked_fraction' must be in [0, 1), got {masked_fraction}"
             )
-        self.masked_fraction = float(masked_fraction)
+        self.masked_fraction = None if masked_fraction is None else float(masked_fraction)
         self.consistency_weight = float(consistency_weight)
         self.step_back = float(step_back)
         self.min_teacher_level = float(min_teacher_level)
 
     def easy_loss(self, x_obs: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
-        t_d = self.masked_fraction
-        t_e = t_d + (1 - t_d) * sample_t(x_obs.shape[0], device=x_obs.device)
-        extra = (t_e - t_d) / (1 - t_d)
-        hidden = observed & (torch.rand(x_obs.shape, device=x_obs.device) < extra.view(-1, 1, 1))
+        # t_e = t_d + (1 − t_d)·u, u ~ U[ε, 1) (antithetic): hiding each observed pixel with
+        # probability (t_e − t_d)/(1 − t_d) = u makes the masked fraction t_e in expectation,
+        # whatever the image's own t_d is.
+        u = sample_t(x_obs.shape[0], device=x_obs.device)
+        hidden = observed & (torch.rand(x_obs.shape, device=x_obs.device) < u.view(-1, 1, 1))
         x_in = x_obs.masked_fill(hidden, MASK)
         per_pixel = pixel_ce(self.model(x_in), x_obs, hidden)
         return per_pixel.sum() / hidden.sum().clamp(min=1)
