@@ -170,6 +170,76 @@ def load_checkpoint(path, *, experiment: str | None = None, map_location="cpu"):
 
 
 # ---------------------------------------------------------------------------------------------
+# presets for `mdfast train/eval` (registered with mdfast.experiments.build)
+# ---------------------------------------------------------------------------------------------
+
+_TRAIN = {"lr": 1e-3, "batch_size": 64, "clip": 1.0, "steps": 710, "ckpt_every": 355}
+PRESETS: dict[str, dict] = {
+    "mnist-demo": {
+        "model": {"name": "mnist_unet", "preset": "demo"},
+        "objective": {"name": "mnist_baseline"},
+        "data": {"name": "mnist"},
+        "train": {**_TRAIN, "steps": 1500, "ckpt_every": 1500, "out_dir": "runs/mnist-demo"},
+    },
+    "mnist-baseline": {
+        "model": {"name": "mnist_unet", "preset": "small"},
+        "objective": {"name": "mnist_baseline"},
+        "data": {"name": "mnist"},
+        "train": {**_TRAIN, "out_dir": "runs/mnist-baseline"},
+    },
+    "mnist-naive": {
+        "model": {"name": "mnist_unet", "preset": "small"},
+        "objective": {"name": "mnist_naive"},
+        "data": {"name": "mnist", "masked_fraction": 0.9},
+        "train": {**_TRAIN, "out_dir": "runs/mnist-naive"},
+    },
+    "mnist-ambient": {
+        "model": {"name": "mnist_unet", "preset": "small"},
+        "objective": {"name": "mnist_ambient", "consistency_weight": 1.0},
+        "data": {"name": "mnist", "masked_fraction": 0.9},
+        "train": {**_TRAIN, "out_dir": "runs/mnist-ambient"},
+    },
+}
+
+
+def model_defaults(m: dict) -> dict:
+    """Every field of ``model.name=mnist_unet`` for a ``model.preset`` of :data:`MODEL_PRESETS`."""
+    preset = m.get("preset", "small")
+    if preset not in MODEL_PRESETS:
+        raise ValueError(f"mdfast: unknown model.preset '{preset}'; valid: {sorted(MODEL_PRESETS)}")
+    cfg = dict(MODEL_PRESETS[preset])
+    cfg["mults"] = list(cfg["mults"])
+    return {"name": "mnist_unet", "preset": preset, "dropout": 0.0, **cfg}
+
+
+def model_from_fields(m: dict) -> MNISTUNet:
+    fields = {k: v for k, v in m.items() if k not in ("name", "preset")}
+    fields["mults"] = tuple(fields["mults"])
+    return MNISTUNet(**fields)
+
+
+def _load_data(d: dict):
+    kind = "baseline" if d["masked_fraction"] == 0 else "ambient"
+    kw = {"masked_fraction": d["masked_fraction"], "data": d["source"], "seed": d["seed"]}
+    return training_data(kind, train=True, **kw), training_data(kind, train=False, **kw)
+
+
+def register() -> None:
+    """Make ``objective.name=mnist_baseline|mnist_naive|mnist_ambient`` and ``data.name=mnist``
+    available to the presets and the ``mdfast`` CLI."""
+    from mdfast.experiments.build import register_data, register_objective
+
+    register_objective("mnist_baseline", {}, lambda model, o: MDLMBaseline(model))
+    register_objective("mnist_naive", {}, lambda model, o: NaiveCorrupted(model))
+    register_objective(
+        "mnist_ambient",
+        {"consistency_weight": 1.0, "step_back": 0.1},
+        lambda model, o: AmbientMDLM(model, **o),
+    )
+    register_data("mnist", {"source": "shipped", "masked_fraction": 0.0, "seed": 0}, _load_data)
+
+
+# ---------------------------------------------------------------------------------------------
 # training (mdfast.train)
 # ---------------------------------------------------------------------------------------------
 
