@@ -64,6 +64,10 @@ def pixel_ce(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -
 
 
 def _unpack(batch):
+    """A tensor, a tuple ``(x, [observed,] ...)`` or a dict with ``input_ids`` [+ ``observed``]."""
+    if isinstance(batch, dict):
+        x = batch["input_ids"]
+        return (x, batch["observed"]) if "observed" in batch else (x,)
     if isinstance(batch, (tuple, list)):
         return batch
     return (batch,)
