@@ -14,6 +14,15 @@ TORCH_LIBRARY(mdfast, m) {
   m.def("uniform_out(Tensor(a!) out, int seed, int offset) -> ()");
 
   // --- masked cross-entropy (issue 3) ---
+  m.def(
+      "masked_ce(Tensor logits, Tensor target, Tensor? weight, int exclude_index=-1, "
+      "bool inplace_backward=False) -> (Tensor loss, Tensor lse)");
+  m.def(
+      "masked_ce_backward(Tensor grad_loss, Tensor logits, Tensor target, Tensor? weight, "
+      "Tensor lse, int exclude_index) -> Tensor");
+  m.def(
+      "masked_ce_backward_(Tensor grad_loss, Tensor(a!) logits, Tensor target, Tensor? weight, "
+      "Tensor lse, int exclude_index) -> ()");
 
   // --- sampling: sample_x0, mask_step (issue 4) ---
 

@@ -165,7 +165,7 @@ def _check_rows(n, v, device, target, weight, exclude_index, ref_name, weight_na
                 f"mdfast: argument '{weight_name}' is on {weight.device} but '{ref_name}' "
                 f"is on {device}"
             )
-    if not -1 <= exclude_index < max(v, 1) or (v == 0 and exclude_index != -1):
+    if not -1 <= exclude_index < v:
         raise ValueError(
             f"mdfast: argument 'exclude_index' must be -1 or in [0, {v}), got {exclude_index}"
         )
@@ -364,3 +364,52 @@ if _C is not None:
     @torch.library.register_fake("mdfast::uniform_out")
     def _uniform_out_fake(out, seed, offset):
         return None
+
+    # --- masked cross-entropy (issue 3) ---
+
+    @torch.library.register_fake("mdfast::masked_ce")
+    def _masked_ce_fake(logits, target, weight, exclude_index=-1, inplace_backward=False):
+        torch._check(logits.dim() == 2, lambda: "logits must be [N, V]")
+        acc = torch.float64 if logits.dtype == torch.float64 else torch.float32
+        n = logits.shape[0]
+        return logits.new_empty((n,), dtype=acc), logits.new_empty((n,), dtype=acc)
+
+    @torch.library.register_fake("mdfast::masked_ce_backward")
+    def _masked_ce_backward_fake(grad_loss, logits, target, weight, lse, exclude_index):
+        return torch.empty_like(logits, memory_format=torch.contiguous_format)
+
+    @torch.library.register_fake("mdfast::masked_ce_backward_")
+    def _masked_ce_backward_inplace_fake(grad_loss, logits, target, weight, lse, exclude_index):
+        return None
+
+    def _masked_ce_setup_context(ctx, inputs, output):
+        logits, target, weight, exclude_index, inplace_backward = inputs
+        ctx.save_for_backward(logits, target, weight, output[1])
+        ctx.exclude_index = exclude_index
+        ctx.inplace_backward = inplace_backward
+        ctx.mark_non_differentiable(output[1])
+
+    def _masked_ce_backward(ctx, grad_loss, _grad_lse):
+        logits, target, weight, lse = ctx.saved_tensors
+        if not ctx.needs_input_grad[0]:
+            return None, None, None, None, None
+        # In place only in eager mode: under torch.compile functionalisation would turn the
+        # mutation into a copy anyway, and mutating a forward input inside the traced backward
+        # is not supported.
+        if ctx.inplace_backward and logits.is_contiguous() and not torch.compiler.is_compiling():
+            torch.ops.mdfast.masked_ce_backward_(
+                grad_loss, logits, target, weight, lse, ctx.exclude_index
+            )
+            # the dispatcher does not bump the version of a custom op's mutated argument under
+            # no_grad: do it, so a second backward through these logits raises
+            torch.autograd.graph.increment_version(logits)
+            grad = logits
+        else:
+            grad = torch.ops.mdfast.masked_ce_backward(
+                grad_loss, logits, target, weight, lse, ctx.exclude_index
+            )
+        return grad, None, None, None, None
+
+    torch.library.register_autograd(
+        "mdfast::masked_ce", _masked_ce_backward, setup_context=_masked_ce_setup_context
+    )
