@@ -271,7 +271,12 @@ def linear_masked_ce(
         bias: [V] or None.
         target: int64[N]; row_weight: float32[N] non-negative (a constant: no gradient).
         exclude_index: class left out of the softmax, or -1.
-        chunk_rows: rows per chunk; None picks about 2^24 / V.
+        chunk_rows: rows per chunk; None picks about 2^25 / V.
+
+    When gradients are needed, each chunk's gradients (for a unit upstream gradient) are formed
+    in the forward while its logits are at hand; the backward scales them when the upstream
+    gradient is the same on every row with nonzero weight (``loss.sum()`` / ``.mean()``) and
+    otherwise recomputes the chunks.
 
     Returns:
         float32[N] (float64 for float64 inputs).
@@ -279,9 +284,14 @@ def linear_masked_ce(
     _check_no_grad(row_weight, "row_weight")
     if chunk_rows is not None and (isinstance(chunk_rows, bool) or chunk_rows <= 0):
         raise ValueError(f"mdfast: argument 'chunk_rows' must be a positive int, got {chunk_rows}")
-    if has_kernel(hidden.device) and hasattr(torch.ops.mdfast, "linear_masked_ce"):
+    if has_kernel(hidden.device):
+        compute_grad = torch.is_grad_enabled() and (
+            hidden.requires_grad
+            or weight.requires_grad
+            or (bias is not None and bias.requires_grad)
+        )
         return torch.ops.mdfast.linear_masked_ce(
-            hidden, weight, bias, target, row_weight, exclude_index, chunk_rows
+            hidden, weight, bias, target, row_weight, exclude_index, chunk_rows, compute_grad
         )[0]
     _check_linear_masked_ce_args(hidden, weight, bias, target, row_weight, exclude_index)
     return reference.linear_masked_ce(hidden, weight, bias, target, row_weight, exclude_index)
@@ -412,4 +422,95 @@ if _C is not None:
 
     torch.library.register_autograd(
         "mdfast::masked_ce", _masked_ce_backward, setup_context=_masked_ce_setup_context
+    )
+
+    @torch.library.register_fake("mdfast::linear_masked_ce")
+    def _linear_masked_ce_fake(
+        hidden,
+        weight,
+        bias,
+        target,
+        row_weight,
+        exclude_index=-1,
+        chunk_rows=None,
+        compute_grad=False,
+    ):
+        acc = torch.float64 if hidden.dtype == torch.float64 else torch.float32
+        n, d = hidden.shape
+        v = weight.shape[0]
+        loss = hidden.new_empty((n,), dtype=acc)
+        lse = hidden.new_empty((n,), dtype=acc)
+        if not compute_grad:
+            empty = hidden.new_empty((0,), dtype=acc)
+            return loss, lse, empty, empty.clone(), empty.clone()
+        gb = hidden.new_empty((v,) if bias is not None else (0,), dtype=acc)
+        return (
+            loss,
+            lse,
+            hidden.new_empty((n, d), dtype=acc),
+            hidden.new_empty((v, d), dtype=acc),
+            gb,
+        )
+
+    @torch.library.register_fake("mdfast::linear_masked_ce_backward")
+    def _linear_masked_ce_backward_fake(
+        grad_loss,
+        hidden,
+        weight,
+        bias,
+        target,
+        row_weight,
+        lse,
+        gh,
+        gw,
+        gb,
+        exclude_index,
+        chunk_rows,
+    ):
+        return (
+            torch.empty_like(hidden, memory_format=torch.contiguous_format),
+            torch.empty_like(weight, memory_format=torch.contiguous_format),
+            hidden.new_empty((weight.shape[0],) if bias is not None else (0,)),
+        )
+
+    def _linear_masked_ce_setup_context(ctx, inputs, output):
+        hidden, weight, bias, target, row_weight, exclude_index, chunk_rows, _ = inputs
+        _, lse, gh, gw, gb = output
+        ctx.save_for_backward(hidden, weight, bias, target, row_weight, lse, gh, gw, gb)
+        ctx.exclude_index = exclude_index
+        ctx.chunk_rows = chunk_rows
+        ctx.has_bias = bias is not None
+        ctx.mark_non_differentiable(lse, gh, gw, gb)
+
+    def _linear_masked_ce_backward(ctx, grad_loss, *_):
+        hidden, weight, bias, target, row_weight, lse, gh, gw, gb = ctx.saved_tensors
+        grad_hidden, grad_weight, grad_bias = torch.ops.mdfast.linear_masked_ce_backward(
+            grad_loss,
+            hidden,
+            weight,
+            bias,
+            target,
+            row_weight,
+            lse,
+            gh,
+            gw,
+            gb,
+            ctx.exclude_index,
+            ctx.chunk_rows,
+        )
+        return (
+            grad_hidden,
+            grad_weight,
+            grad_bias if ctx.has_bias else None,
+            None,
+            None,
+            None,
+            None,
+            None,
+        )
+
+    torch.library.register_autograd(
+        "mdfast::linear_masked_ce",
+        _linear_masked_ce_backward,
+        setup_context=_linear_masked_ce_setup_context,
     )

@@ -345,3 +345,150 @@ def test_cuda_int64_indexing_large():
         atol=5e-3,
         rtol=0,
     )
+
+
+# ------------------------------------------------------------------------- linear_masked_ce
+
+
+def _linear_inputs(g, n, d, v, dtype, device, *, zero_frac=0.4, with_bias=True, exclude=-1):
+    hidden = torch.randn(n, d, generator=g, dtype=torch.float64).to(dtype).to(device)
+    weight = (torch.randn(v, d, generator=g, dtype=torch.float64) / d**0.5).to(dtype).to(device)
+    bias = (
+        torch.randn(v, generator=g, dtype=torch.float64).to(dtype).to(device) if with_bias else None
+    )
+    target = torch.randint(0, v, (n,), generator=g)
+    if exclude >= 0:
+        target = torch.where(target == exclude, (exclude + 1) % v, target)
+    row_weight = torch.rand(n, generator=g) + 0.5
+    row_weight[torch.rand(n, generator=g) < zero_frac] = 0
+    return hidden, weight, bias, target.to(device), row_weight.to(device)
+
+
+def _linear_grads(fn, hidden, weight, bias, target, row_weight, grad_out, **kw):
+    leaves = [t.detach().clone().requires_grad_() for t in (hidden, weight)]
+    b = None if bias is None else bias.detach().clone().requires_grad_()
+    loss = fn(leaves[0], leaves[1], b, target, row_weight, **kw)
+    loss.backward(grad_out.to(loss.dtype))
+    return loss.detach(), leaves[0].grad, leaves[1].grad, None if b is None else b.grad
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("uniform_grad", [True, False])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_linear_masked_ce_matches_unfused(path, device, dtype, uniform_grad, with_bias, fresh_seed):
+    g = torch.Generator().manual_seed(fresh_seed)
+    n, d, v, exclude = 53, 24, 301, 300
+    inputs = _linear_inputs(g, n, d, v, dtype, device, with_bias=with_bias, exclude=exclude)
+    grad_out = (
+        torch.full((n,), 0.37, dtype=torch.float64)
+        if uniform_grad
+        else torch.randn(n, generator=g, dtype=torch.float64)
+    ).to(device)
+    got = _linear_grads(
+        ops.linear_masked_ce, *inputs, grad_out, exclude_index=exclude, chunk_rows=7
+    )
+    as64 = [None if t is None or not t.is_floating_point() else t.double() for t in inputs]
+    as64[3] = inputs[3]
+    expected = _linear_grads(reference.linear_masked_ce, *as64, grad_out, exclude_index=exclude)
+    # bf16: logits and the per-chunk gradient products are rounded to bf16 (as in the unfused
+    # bf16 path); the float64 comparison allows for that
+    tol = {torch.float32: 2e-5, torch.float64: 1e-10, torch.bfloat16: 3e-2}[dtype]
+    assert got[0].dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    for i, (a, b) in enumerate(zip(got, expected, strict=True)):
+        if b is None:
+            assert a is None
+            continue
+        assert i == 0 or a.dtype == dtype  # gradients in the parameters' dtype
+        torch.testing.assert_close(a.double(), b, rtol=tol, atol=tol)
+    assert (got[0][inputs[4] == 0] == 0).all()
+    assert (got[1][inputs[4] == 0] == 0).all()
+
+
+@needs_kernels
+def test_linear_masked_ce_chunking_is_invisible(device, fresh_seed):
+    g = torch.Generator().manual_seed(fresh_seed)
+    inputs = _linear_inputs(g, 40, 16, 97, torch.float64, device)
+    grad_out = torch.randn(40, generator=g, dtype=torch.float64).to(device)
+    results = [
+        _linear_grads(ops.linear_masked_ce, *inputs, grad_out, chunk_rows=c) for c in (1, 5, 64)
+    ]
+    for other in results[1:]:
+        for a, b in zip(results[0], other, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-13)
+
+
+@needs_kernels
+def test_linear_masked_ce_zero_weight_rows_not_multiplied(device, fresh_seed):
+    g = torch.Generator().manual_seed(fresh_seed)
+    hidden, weight, bias, target, row_weight = _linear_inputs(g, 30, 8, 50, torch.float32, device)
+    hidden[row_weight == 0] = float("nan")
+    got = _linear_grads(
+        ops.linear_masked_ce, hidden, weight, bias, target, row_weight, torch.ones(30).to(device)
+    )
+    for t in got:
+        assert torch.isfinite(t).all()
+
+
+@needs_kernels
+def test_linear_masked_ce_gradcheck_and_opcheck(device, fresh_seed):
+    g = torch.Generator().manual_seed(fresh_seed)
+    hidden, weight, bias, target, row_weight = _linear_inputs(g, 7, 5, 11, torch.float64, device)
+    hidden.requires_grad_()
+    weight.requires_grad_()
+    bias.requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda h, w, b: ops.linear_masked_ce(h, w, b, target, row_weight, -1, 2),
+        (hidden, weight, bias),
+    )
+    for compute_grad in (False, True):
+        torch.library.opcheck(
+            torch.ops.mdfast.linear_masked_ce.default,
+            (hidden, weight, bias, target, row_weight, -1, 3, compute_grad),
+        )
+    torch.library.opcheck(
+        torch.ops.mdfast.linear_masked_ce.default,
+        (hidden, weight, None, target, row_weight, -1, None, False),
+    )
+
+
+@needs_kernels
+def test_linear_masked_ce_torch_compile(device, fresh_seed):
+    g = torch.Generator().manual_seed(fresh_seed)
+    hidden, weight, bias, target, row_weight = _linear_inputs(g, 33, 12, 70, torch.float32, device)
+    weight.requires_grad_()
+
+    def loss_fn(h, w):
+        return ops.linear_masked_ce(h, w, bias, target, row_weight, chunk_rows=8).mean()
+
+    expected = loss_fn(hidden, weight)
+    (gw_expected,) = torch.autograd.grad(expected, weight)
+    compiled = torch.compile(loss_fn, fullgraph=True)
+    got = compiled(hidden, weight)
+    (gw,) = torch.autograd.grad(got, weight)
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(gw, gw_expected)
+
+
+@pytest.mark.parametrize(
+    ("change", "error", "match"),
+    [
+        ({"weight": torch.randn(9, 5)}, RuntimeError, "'weight'"),
+        ({"weight": torch.randn(9, 4, dtype=torch.float64)}, RuntimeError, "'weight'"),
+        ({"bias": torch.randn(8)}, RuntimeError, "'bias'"),
+        ({"target": torch.tensor([0, 1, 9, 2, 3, 4])}, ValueError, "'target'.*row 2"),
+        ({"row_weight": torch.tensor([1.0, 0, 1, -1, 1, 1])}, ValueError, "'row_weight'.*row 3"),
+        ({"row_weight": torch.ones(5)}, RuntimeError, "'row_weight'"),
+        ({"chunk_rows": 0}, ValueError, "'chunk_rows'"),
+    ],
+)
+def test_linear_masked_ce_bad_input(path, change, error, match):
+    args = {
+        "hidden": torch.randn(6, 4),
+        "weight": torch.randn(9, 4),
+        "bias": torch.randn(9),
+        "target": torch.tensor([0, 1, 2, 3, 4, 5]),
+        "row_weight": torch.ones(6),
+    }
+    args.update(change)
+    with pytest.raises(error, match=match):
+        ops.linear_masked_ce(**args)

@@ -22,6 +22,7 @@
 #include <limits>
 #include <type_traits>
 
+#include "../common/linear_masked_ce.h"
 #include "../common/masked_ce_args.h"
 #include "mdfast/online_softmax.h"
 
@@ -171,7 +172,10 @@ double row_lse(const double* x, int64_t v, int64_t exclude, float* /*buf*/) {
   for_each_segment(v, exclude, [&](int64_t lo, int64_t hi) {
     for (int64_t j = lo; j < hi; ++j) acc.add(x[j]);
   });
-  return acc.value();
+  // a +inf logit makes the row NaN, as in the float path
+  return acc.max == std::numeric_limits<double>::infinity()
+             ? std::numeric_limits<double>::quiet_NaN()
+             : acc.value();
 }
 
 template <typename T>
@@ -350,6 +354,8 @@ TORCH_LIBRARY_IMPL(mdfast, CPU, m) {
   m.impl("masked_ce", &masked_ce_cpu);
   m.impl("masked_ce_backward", &masked_ce_backward_cpu);
   m.impl("masked_ce_backward_", &masked_ce_backward_inplace_cpu);
+  m.impl("linear_masked_ce", &linear_masked_ce_impl);
+  m.impl("linear_masked_ce_backward", &linear_masked_ce_backward_impl);
 }
 
 }  // namespace mdfast
