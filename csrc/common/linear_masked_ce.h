@@ -17,8 +17,12 @@
 
 #include <ATen/core/Tensor.h>
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/ops/addmm.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/mm.h>
+#include <ATen/ops/mul.h>
 #include <ATen/ops/ones_like.h>
+#include <ATen/ops/sum.h>
 #include <ATen/ops/zeros.h>
 #include <c10/util/Exception.h>
 #include <c10/util/Optional.h>
@@ -97,12 +101,29 @@ inline void linear_masked_ce_chunks(const at::Tensor& hidden, const at::Tensor& 
                                 .typed<MaskedCeBackwardInplaceFn>();
   const at::Tensor active = row_weight.ne(0).nonzero().squeeze(1);
   const int64_t n_active = active.size(0);
+  if (n_active == 0) return;
   const bool want_grad = gh.defined() || gw.defined();
   const at::Tensor wt = weight.t();
+  chunk = std::min(chunk, n_active);
+  // Buffers reused by every chunk (fresh allocations cost page faults on CPU and allocator
+  // traffic on GPU): the chunk's logits, and for bf16/fp16 the chunk's weight-gradient product
+  // before it is added to the float32 accumulator.
+  at::Tensor logits_buf = at::empty({chunk, weight.size(0)}, hidden.options());
+  at::Tensor prod_buf;
+  if (gw.defined() && hidden.scalar_type() != gw.scalar_type()) {
+    prod_buf = at::empty(weight.sizes(), weight.options());
+  }
+  bool first = true;
   for (int64_t c0 = 0; c0 < n_active; c0 += chunk) {
-    const at::Tensor idx = active.slice(0, c0, std::min(n_active, c0 + chunk));
+    const int64_t rows = std::min(n_active, c0 + chunk) - c0;
+    const at::Tensor idx = active.slice(0, c0, c0 + rows);
     const at::Tensor h = hidden.index_select(0, idx);
-    at::Tensor logits = bias.has_value() ? bias->addmm(h, wt) : h.mm(wt);
+    at::Tensor logits = logits_buf.slice(0, 0, rows);
+    if (bias.has_value()) {
+      at::addmm_out(logits, *bias, h, wt);
+    } else {
+      at::mm_out(logits, h, wt);
+    }
     const at::Tensor t = target.index_select(0, idx);
     const at::Tensor w = row_weight.index_select(0, idx);
     at::Tensor lse_c;
@@ -120,13 +141,29 @@ inline void linear_masked_ce_chunks(const at::Tensor& hidden, const at::Tensor& 
     backward_op.call(g, logits, t, w, lse_c, exclude_index);  // logits now hold G_c
     if (gh.defined()) gh.index_copy_(0, idx, logits.mm(weight).to(gh.scalar_type()));
     if (gw.defined()) {
-      if (logits.scalar_type() == gw.scalar_type()) {
-        gw.addmm_(logits.t(), h);
+      if (!prod_buf.defined()) {
+        if (first) {
+          at::mm_out(gw, logits.t(), h);
+        } else {
+          gw.addmm_(logits.t(), h);
+        }
       } else {
-        gw.add_(logits.t().mm(h));  // bf16/fp16 product per chunk, float32 accumulation
+        at::mm_out(prod_buf, logits.t(), h);  // bf16/fp16 product per chunk
+        if (first) {
+          gw.copy_(prod_buf);
+        } else {
+          gw.add_(prod_buf);  // float32 accumulation across chunks
+        }
       }
-      if (gb.defined()) gb.add_(logits.sum(0, false, gb.scalar_type()));
+      if (gb.defined()) {
+        if (first) {
+          at::sum_out(gb, logits, {0}, false, gb.scalar_type());
+        } else {
+          gb.add_(logits.sum(0, false, gb.scalar_type()));
+        }
+      }
     }
+    first = false;
   }
 }
 
@@ -140,9 +177,14 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> li
   const auto opts = hidden.options().dtype(ce_acc_dtype(hidden.scalar_type()));
   at::Tensor loss = at::zeros({n}, opts);
   at::Tensor lse = at::zeros({n}, opts);
+  // gw / gb are fully written by the first chunk; zero-filled only when no row is active
+  const bool any_active = n > 0 && row_weight.ne(0).any().item<bool>();
+  const auto grad_buf = [&](at::IntArrayRef shape) {
+    return any_active ? at::empty(shape, opts) : at::zeros(shape, opts);
+  };
   at::Tensor gh = compute_grad ? at::zeros({n, d}, opts) : at::empty({0}, opts);
-  at::Tensor gw = compute_grad ? at::zeros({v, d}, opts) : at::empty({0}, opts);
-  at::Tensor gb = compute_grad && bias.has_value() ? at::zeros({v}, opts) : at::empty({0}, opts);
+  at::Tensor gw = compute_grad ? grad_buf({v, d}) : at::empty({0}, opts);
+  at::Tensor gb = compute_grad && bias.has_value() ? grad_buf({v}) : at::empty({0}, opts);
   const at::Tensor w = row_weight.contiguous();
   linear_masked_ce_chunks(
       hidden, weight, bias, target, w, exclude_index, chunk_rows.value_or(default_chunk_rows(v)),
@@ -164,36 +206,41 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_masked_ce_backward_
   const auto opts = hidden.options().dtype(acc);
   const at::Tensor g = grad_loss.to(acc);
   const bool have_unit = grad_hidden_unit.numel() == n * d && n * d > 0;
-  at::Tensor gh, gw, gb;
-  bool need_gw = true;
+  const at::Tensor active = row_weight.ne(0);
+  const at::Tensor g_active = g.masked_select(active);
+  const auto out_opts = hidden.options();
+  at::Tensor gh = at::empty({n, d}, out_opts);
+  at::Tensor gw = at::empty({v, d}, out_opts);
+  at::Tensor gb = bias.has_value() ? at::empty({v}, out_opts) : at::empty({0}, out_opts);
+  if (g_active.numel() == 0) {  // no active row: every gradient is zero
+    gh.zero_();
+    gw.zero_();
+    gb.zero_();
+    return {gh, gw, gb};
+  }
+  bool uniform = false;
   if (have_unit) {
-    gh = grad_hidden_unit.mul(g.unsqueeze(1));
-    const at::Tensor active = row_weight.ne(0);
-    const at::Tensor g_active = g.masked_select(active);
-    if (g_active.numel() == 0) {
-      gw = at::zeros({v, d}, opts);
-      gb = at::zeros({v}, opts);
-      need_gw = false;
-    } else {
-      const at::Tensor g0 = g_active.slice(0, 0, 1);
-      if (g_active.eq(g0).all().item<bool>()) {  // the usual sum / mean reduction
-        gw = grad_weight_unit.mul(g0);
-        gb = bias.has_value() ? grad_bias_unit.mul(g0) : at::zeros({v}, opts);
-        need_gw = false;
-      }
+    // rows are independent: grad_hidden = g * (unit gradient) exactly, for any g
+    at::mul_out(gh, grad_hidden_unit, g.unsqueeze(1));
+    const at::Tensor g0 = g_active.slice(0, 0, 1);
+    uniform = g_active.eq(g0).all().item<bool>();  // the usual sum / mean reduction
+    if (uniform) {
+      at::mul_out(gw, grad_weight_unit, g0);
+      if (bias.has_value()) at::mul_out(gb, grad_bias_unit, g0);
+      return {gh, gw, gb};
     }
   }
-  if (!have_unit || need_gw) {
-    if (!have_unit) gh = at::zeros({n, d}, opts);
-    gw = at::zeros({v, d}, opts);
-    gb = at::zeros({v}, opts);
-    linear_masked_ce_chunks(hidden, weight, bias, target, row_weight.contiguous(), exclude_index,
-                            chunk_rows.value_or(default_chunk_rows(v)), g, lse, at::Tensor(),
-                            at::Tensor(), have_unit ? at::Tensor() : gh, gw,
-                            bias.has_value() ? gb : at::Tensor());
-  }
-  return {gh.to(hidden.scalar_type()), gw.to(weight.scalar_type()),
-          bias.has_value() ? gb.to(bias->scalar_type()) : at::empty({0}, hidden.options())};
+  // per-row upstream gradients differ: recompute the chunks with them
+  at::Tensor gh_acc = have_unit ? at::Tensor() : at::zeros({n, d}, opts);
+  at::Tensor gw_acc = at::empty({v, d}, opts);
+  at::Tensor gb_acc = bias.has_value() ? at::empty({v}, opts) : at::Tensor();
+  linear_masked_ce_chunks(hidden, weight, bias, target, row_weight.contiguous(), exclude_index,
+                          chunk_rows.value_or(default_chunk_rows(v)), g, lse, at::Tensor(),
+                          at::Tensor(), gh_acc, gw_acc, gb_acc);
+  if (!have_unit) gh.copy_(gh_acc);
+  gw.copy_(gw_acc);
+  if (bias.has_value()) gb.copy_(gb_acc);
+  return {gh, gw, gb};
 }
 
 }  // namespace mdfast
