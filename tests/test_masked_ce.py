@@ -492,3 +492,16 @@ def test_linear_masked_ce_bad_input(path, change, error, match):
     args.update(change)
     with pytest.raises(error, match=match):
         ops.linear_masked_ce(**args)
+
+
+@pytest.mark.parametrize("n", [0, 3])
+def test_linear_masked_ce_empty_or_no_active_rows(path, device, n):
+    """N = 0, or every row weight 0: loss 0 and zero gradients, nothing multiplied."""
+    h = torch.randn(n, 4, device=device, requires_grad=True)
+    w = torch.randn(5, 4, device=device, requires_grad=True)
+    b = torch.randn(5, device=device, requires_grad=True)
+    target = torch.zeros(n, dtype=torch.long, device=device)
+    loss = ops.linear_masked_ce(h, w, b, target, torch.zeros(n, device=device))
+    assert loss.shape == (n,) and (loss == 0).all()
+    loss.sum().backward()
+    assert (h.grad == 0).all() and (w.grad == 0).all() and (b.grad == 0).all()
