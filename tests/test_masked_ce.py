@@ -505,3 +505,16 @@ def test_linear_masked_ce_empty_or_no_active_rows(path, device, n):
     assert loss.shape == (n,) and (loss == 0).all()
     loss.sum().backward()
     assert (h.grad == 0).all() and (w.grad == 0).all() and (b.grad == 0).all()
+
+
+def test_non_contiguous_logits(path, device, fresh_seed):
+    g = torch.Generator().manual_seed(fresh_seed)
+    logits, target, weight = _inputs(g, 17, 300, torch.float32, device, exclude=9)
+    strided = logits.t().contiguous().t().requires_grad_()  # column-major view
+    assert not strided.is_contiguous()
+    loss = ops.masked_ce(strided, target, weight, 9, inplace_backward=True)
+    torch.testing.assert_close(loss, ops.masked_ce(logits, target, weight, 9))
+    loss.sum().backward()
+    x = logits.double().requires_grad_()
+    reference.masked_ce(x, target, weight.double(), 9).sum().backward()
+    torch.testing.assert_close(strided.grad.double(), x.grad, rtol=2e-5, atol=1e-7)
