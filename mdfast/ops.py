@@ -247,7 +247,8 @@ def _as_alpha(alpha, name: str, B: int, device) -> torch.Tensor:
         return a.expand(B).contiguous()
     if a.dim() != 1 or a.shape[0] != B:
         raise RuntimeError(
-            f"mdfast: argument '{name}' must be a scalar or have shape [B] = [{B}], got {list(a.shape)}"
+            f"mdfast: argument '{name}' must be a scalar or have shape [B] = [{B}], "
+            f"got {list(a.shape)}"
         )
     return a.contiguous()
 
@@ -266,7 +267,8 @@ def _as_sigma(remask, B: int, L: int, device) -> torch.Tensor | None:
         return r.expand(B, L).contiguous()
     except RuntimeError:
         raise RuntimeError(
-            f"mdfast: argument 'remask' must be a scalar, [B] or [B, L] = [{B}, {L}], got {list(r.shape)}"
+            f"mdfast: argument 'remask' must be a scalar, [B] or [B, L] = [{B}, {L}], "
+            f"got {list(r.shape)}"
         ) from None
 
 
@@ -371,8 +373,8 @@ def _check_mask_step_values(x, logits, alpha_t, alpha_s, remask, mask_index) -> 
         _check_logits(logits, 3)
         if tuple(logits.shape[:2]) != tuple(x.shape):
             raise RuntimeError(
-                f"mdfast: argument 'logits' must have shape [B, L, V] matching 'x' {list(x.shape)}, "
-                f"got {list(logits.shape)}"
+                "mdfast: argument 'logits' must have shape [B, L, V] matching 'x' "
+                f"{list(x.shape)}, got {list(logits.shape)}"
             )
         V = logits.shape[2]
         if not 0 <= mask_index < V:

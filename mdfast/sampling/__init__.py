@@ -41,6 +41,7 @@ Set ``MDFAST_NVTX=1`` to wrap the phases in NVTX ranges (``denoise``, ``cache.re
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 from dataclasses import dataclass
 
@@ -55,7 +56,9 @@ __all__ = [
     "ddpm",
     "ddpm_cache",
     "first_hitting",
+    "grid_plan",
     "remdm",
+    "remdm_plan",
     "sample",
     "schedules",
     "semi_ar",
@@ -137,7 +140,8 @@ def _init_x(batch_size, length, mask_index, prefix, device) -> tuple[torch.Tenso
     P = prefix.shape[1]
     if P > length or prefix.shape[0] != batch_size:
         raise ValueError(
-            f"mdfast: argument 'prefix' must be [P] or [B, P] with P <= length, got {list(prefix.shape)}"
+            "mdfast: argument 'prefix' must be [P] or [B, P] with P <= length, "
+            f"got {list(prefix.shape)}"
         )
     if bool((prefix == mask_index).any()):
         raise ValueError("mdfast: argument 'prefix' must not contain the mask id")
@@ -256,7 +260,7 @@ def _grid(steps: int, eps: float) -> list[tuple[float, float]]:
     if not 0.0 < eps < 1.0:
         raise ValueError(f"mdfast: argument 'eps' must be in (0, 1), got {eps}")
     ts = torch.linspace(1.0, eps, steps + 1, dtype=torch.float64).tolist()
-    return list(zip(ts[:-1], ts[1:], strict=True))
+    return list(itertools.pairwise(ts))
 
 
 def _common(
@@ -321,7 +325,7 @@ def ddpm(
     plan = [
         (t, s, schedules.alpha(t, schedule), schedules.alpha(s, schedule), None) for t, s in grid
     ]
-    x, out = _chain(den, x, plan, opts=opts, rng=rng, cache=False, prefix_len=P)
+    x, _ = _chain(den, x, plan, opts=opts, rng=rng, cache=False, prefix_len=P)
     if noise_removal:
         _noise_removal(den, None, x, grid[-1][1], opts, rng)
     return SampleResult(x, den.calls, len(plan))
@@ -399,7 +403,7 @@ def first_hitting(
     inverse-survival draw and why redrawing after each event is exact). The denoiser is called
     once per distinct event step (lazily, only when an event needs tokens); ``steps`` only sets
     the grid. Not for time-conditioned denoisers."""
-    den, rng, x, P, opts = _common(
+    den, rng, x, _, opts = _common(
         model,
         batch_size,
         length,
@@ -559,6 +563,37 @@ def remdm(
         top_k,
         nucleus,
     )
+    plan = remdm_plan(strategy, steps, eta=eta, t_on=t_on, t_off=t_off, alpha_on=alpha_on, eps=eps)
+    grid_end = plan[-1][1]
+    x, out = _chain(
+        den,
+        x,
+        plan,
+        opts=opts,
+        rng=rng,
+        cache=not time_conditioned,
+        prefix_len=P,
+        conf_mode=strategy == "conf",
+    )
+    if noise_removal:
+        _noise_removal(den, out, x, grid_end, opts, rng)
+    return SampleResult(x, den.calls, len(plan))
+
+
+def remdm_plan(
+    strategy: str,
+    steps: int,
+    *,
+    eta: float | None = None,
+    t_on: float = LOOP_DEFAULTS["t_on"],
+    t_off: float = LOOP_DEFAULTS["t_off"],
+    alpha_on: float = LOOP_DEFAULTS["alpha_on"],
+    eps: float = 1e-5,
+) -> list[tuple[float, float, float, float, float | None]]:
+    """The steps (t, s, alpha_t, alpha_s, sigma) :func:`remdm` takes for ``strategy`` (for
+    ``"conf"``, sigma is sigma_max, spread over positions by confidence at run time)."""
+    if eta is None:
+        eta = REMDM_DEFAULTS.get(strategy, 0.0)
     alpha = schedules.alpha
     plan = []
     if strategy == "dfm":
@@ -572,7 +607,6 @@ def remdm(
             a_t, a_s = alpha(t, "linear"), alpha(s, "linear")
             plan.append((t, s, a_t, a_s, min(1.0, b * (a_s - a_t) / a_t)))
             t = s
-        grid_end = t
     else:
         grid = _grid(steps, eps)
         for t, s in grid:
@@ -591,20 +625,15 @@ def remdm(
                 else:
                     sigma = schedules.sigma_forward_backward(a_t, a_s)
             plan.append((t, s, a_t, a_s, sigma))
-        grid_end = grid[-1][1]
-    x, out = _chain(
-        den,
-        x,
-        plan,
-        opts=opts,
-        rng=rng,
-        cache=not time_conditioned,
-        prefix_len=P,
-        conf_mode=strategy == "conf",
-    )
-    if noise_removal:
-        _noise_removal(den, out, x, grid_end, opts, rng)
-    return SampleResult(x, den.calls, len(plan))
+    return plan
+
+
+def grid_plan(steps: int, schedule: str, eps: float = 1e-5):
+    """The steps (t, s, alpha_t, alpha_s, None) of the MDLM chain on linspace(1, eps, T + 1)."""
+    return [
+        (t, s, schedules.alpha(t, schedule), schedules.alpha(s, schedule), None)
+        for t, s in _grid(steps, eps)
+    ]
 
 
 _SAMPLERS = {

@@ -30,7 +30,7 @@ def sigma_cap(alpha_t: float, alpha_s: float, eta: float) -> float:
 
 
 def sigma_max(alpha_t: float, alpha_s: float) -> float:
-    """Largest remasking rate that keeps the ReMDM posterior valid: min(1, (1 - alpha_s)/alpha_t)."""
+    """Largest remasking rate keeping the ReMDM posterior valid: min(1, (1 - alpha_s)/alpha_t)."""
     if alpha_t <= 0.0:
         return 1.0
     return min(1.0, (1.0 - alpha_s) / alpha_t)
