@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from scipy import stats
 
 from mdfast import ops, reference
 from mdfast._extension import BACKENDS

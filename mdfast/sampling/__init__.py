@@ -530,7 +530,8 @@ def remdm(
     * ``"conf"``: sigma_i = softmax over positions of conf (-p of each decoded token, -inf for
       masked ones) times sigma_max = min(1, (1 - alpha_s)/alpha_t);
     * ``"loop"``: MDLM up to alpha_on at t_on, a loop at constant alpha = alpha_on with sigma = eta
-      until t_off, MDLM to the end; (t_on, t_off, alpha_on, eta) = (0.55, 0.05, 0.9, 0.02);
+      until t_off, MDLM to the end; (t_on, t_off, alpha_on, eta) = (0.55, 0.05, 0.9, 0.02)
+      (on a coarse grid the step leaving the loop caps sigma at sigma_max, keeping it valid);
     * ``"fb"``: forward-backward corrector, sigma = (alpha_s - alpha_t)/alpha_t;
     * ``"dfm"``: DFM corrector with the adaptive step dt = min(1/T, 1/(a_t/t + b_t/(1 - t))),
       a_t = 10 t^(1/4) (1 - t)^(1/4) + 1, b_t = a_t - 1; masked positions decode with
@@ -613,7 +614,8 @@ def remdm_plan(
             if strategy == "loop":
                 a_t = schedules.loop_alpha(t, t_on, t_off, alpha_on)
                 a_s = max(a_t, schedules.loop_alpha(s, t_on, t_off, alpha_on))
-                sigma = eta if t_off < t <= t_on else None
+                # the loop phase remasks at eta, capped at sigma_max on the step that leaves it
+                sigma = min(eta, schedules.sigma_max(a_t, a_s)) if t_off < t <= t_on else None
             else:
                 a_t, a_s = alpha(t, "linear"), alpha(s, "linear")
                 if strategy == "cap":
