@@ -5,8 +5,9 @@ with ``time_conditioned=True``), or an object with ``hidden(x) -> h [B, L, D]`` 
 ``head(h_rows [R, D]) -> logits [R, V]`` so that logits are computed only for the rows that
 change — and returns a :class:`SampleResult` with the samples, the number of denoiser calls and
 of steps taken. The same ``seed`` gives the same samples: all randomness comes from the Philox
-streams of :func:`mdfast.ops.mask_step` / :func:`mdfast.ops.sample_x0` / :func:`mdfast.ops.uniform`
-at offsets 0, 1, 2, ... of ``seed``.
+streams of :func:`mdfast.ops.mask_step`, :func:`mdfast.ops.sample_x0` and
+:func:`mdfast.ops.uniform`, one offset per op call from a :class:`mdfast.rng.PhiloxStream` of
+``seed``. ``schedule`` is a name of :func:`mdfast.schedules.get_schedule` or a schedule object.
 
 Time runs on MDLM's grid t_k = linspace(1, eps, T + 1); a step goes t = t_k -> s = t_{k+1}.
 
@@ -48,6 +49,7 @@ from dataclasses import dataclass
 import torch
 
 from mdfast import ops
+from mdfast.rng import PhiloxStream
 from mdfast.sampling import schedules
 
 __all__ = [
@@ -77,24 +79,15 @@ class SampleResult:
     steps: int
 
 
+def _rng_kw(rng: PhiloxStream) -> dict:
+    seed, offset = rng.next()
+    return {"seed": seed, "offset": offset}
+
+
 def _nvtx(name: str):
     if os.environ.get("MDFAST_NVTX") == "1" and torch.cuda.is_available():
         return torch.cuda.nvtx.range(name)
     return contextlib.nullcontext()
-
-
-class _Rng:
-    """Philox offsets of one sampling run: one fresh offset per op call."""
-
-    def __init__(self, seed: int):
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ValueError(f"mdfast: argument 'seed' must be a non-negative int, got {seed!r}")
-        self.seed = seed
-        self.offset = 0
-
-    def next(self) -> int:
-        self.offset += 1
-        return self.offset - 1
 
 
 class _Denoiser:
@@ -160,8 +153,7 @@ def _draw_rows(den, out, x, rows, opts, rng, conf=None):
         top_k=opts.top_k,
         exclude_index=opts.mask_index,
         nucleus=opts.nucleus,
-        seed=rng.seed,
-        offset=rng.next(),
+        **_rng_kw(rng),
     )
     x.view(-1)[rows] = tok
     if conf is not None:
@@ -185,8 +177,7 @@ def _noise_removal(den, out, x, t_final, opts, rng, sample: bool = False):
         top_k=opts.top_k,
         exclude_index=opts.mask_index,
         nucleus=opts.nucleus,
-        seed=rng.seed,
-        offset=rng.next(),
+        **_rng_kw(rng),
     )
     x.view(-1)[rows] = tok
     return out
@@ -224,8 +215,7 @@ def _chain(den, x, plan, *, opts, rng, cache, prefix_len, conf_mode=False):
                     alpha_s=a_s,
                     remask=remask,
                     confidence=conf,
-                    seed=rng.seed,
-                    offset=rng.next(),
+                    **_rng_kw(rng),
                 )
                 rows = (changed & (x == opts.mask_index)).reshape(-1).nonzero()[:, 0]
                 if rows.numel():
@@ -243,8 +233,7 @@ def _chain(den, x, plan, *, opts, rng, cache, prefix_len, conf_mode=False):
                     top_p=opts.top_p,
                     top_k=opts.top_k,
                     nucleus=opts.nucleus,
-                    seed=rng.seed,
-                    offset=rng.next(),
+                    **_rng_kw(rng),
                 )
         if conf_mode:
             conf = conf_new
@@ -278,7 +267,9 @@ def _common(
     nucleus,
 ):
     den = _Denoiser(model, time_conditioned)
-    rng = _Rng(seed)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"mdfast: argument 'seed' must be a non-negative int, got {seed!r}")
+    rng = PhiloxStream(seed)
     x, P = _init_x(batch_size, length, mask_index, prefix, device)
     opts = _Opts(mask_index, temperature, top_p, top_k, nucleus)
     return den, rng, x, P, opts
@@ -431,7 +422,7 @@ def first_hitting(
         pos = (x == mask_index).reshape(-1).nonzero()[:, 0]
         if pos.numel() == 0:
             break
-        u = ops.uniform((pos.numel(),), rng.seed, rng.next(), device=x.device)
+        u = ops.uniform((pos.numel(),), *rng.next(), device=x.device)
         below = torch.searchsorted(m_rev, u * m[i], side="left")  # #{j : m_j < u m_i}
         j = T + 1 - below
         jmin = int(j.min())

@@ -4,24 +4,33 @@
 * ``"loglinear"``: MDLM's log-linear schedule, alpha_t = 1 - (1 - 1e-3) t (``ddpm``).
 * ``"linear"``: alpha_t = 1 - t, the form MDLM's ``ddpm_cache`` path and every ReMDM sampler use
   (move chance t directly, without the (1 - eps) factor).
+* any other :mod:`mdfast.schedules` schedule, by name or instance.
 """
 
 from __future__ import annotations
 
 import math
 
+import torch
+
+from mdfast import schedules as _schedules
+
 LOGLINEAR_EPS = 1e-3
 
 
-def alpha(t: float, schedule: str) -> float:
-    """alpha_t of ``schedule`` ("loglinear" or "linear")."""
-    if schedule == "loglinear":
+def alpha(t: float, schedule) -> float:
+    """alpha_t of ``schedule``: a name of :func:`mdfast.schedules.get_schedule` ("loglinear",
+    "linear", "cosine", "polynomial") or a :class:`mdfast.schedules.Schedule`."""
+    if schedule == "loglinear":  # the common cases without a tensor round trip
         return 1.0 - (1.0 - LOGLINEAR_EPS) * t
     if schedule == "linear":
         return 1.0 - t
-    raise ValueError(
-        f"mdfast: argument 'schedule' must be 'loglinear' or 'linear', got {schedule!r}"
-    )
+    sched = _schedules.get_schedule(schedule) if isinstance(schedule, str) else schedule
+    if not isinstance(sched, _schedules.Schedule):
+        raise ValueError(
+            f"mdfast: argument 'schedule' must be a schedule name or Schedule, got {schedule!r}"
+        )
+    return float(sched.alpha(torch.tensor(t, dtype=torch.float64)))
 
 
 def sigma_cap(alpha_t: float, alpha_s: float, eta: float) -> float:
