@@ -430,6 +430,13 @@ def sample_x0(
         distribution (at temperature 1 when ``temperature=0``), as used by ReMDM-conf.
     """
     if has_kernel(logits.device):
+        on_device = logits.device.type != "cpu" and not torch.compiler.is_compiling()
+        if on_device and rows is not None and rows.dtype == torch.int64 and rows.numel():
+            # the CUDA kernel cannot raise: check the indices here (the CPU kernel checks itself)
+            if int(rows.min()) < 0 or int(rows.max()) >= logits.shape[0]:
+                raise IndexError(
+                    f"mdfast: argument 'rows' holds indices outside [0, {logits.shape[0]})"
+                )
         token, prob = torch.ops.mdfast.sample_x0(
             logits,
             rows,
@@ -441,7 +448,7 @@ def sample_x0(
             seed,
             offset,
         )
-        if logits.device.type != "cpu" and not torch.compiler.is_compiling():
+        if on_device:
             row_ids = torch.arange(logits.shape[0], device=logits.device) if rows is None else rows
             _raise_bad_rows(token, row_ids, logits)
         return token, prob
