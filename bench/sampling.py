@@ -136,15 +136,15 @@ def _step_cases(B, L, V, T, dtype, with_seed: bool) -> dict:
     return cases
 
 
-def bench_step(quick: bool, seed_b8: bool) -> list[dict]:
+def bench_step(quick: bool, batches: list[int], seed_batches: list[int]) -> list[dict]:
     """Per-step cost. The seed-style baseline at B = 8, L = 1024, V = 50258 peaks near 15 GB
-    (several B x L x V float64 temporaries), so by default it runs at B = 1 only (``--seed-b8``
-    runs it at B = 8 too); its cost is linear in B L."""
+    (several B x L x V float64 temporaries), so by default it runs at B = 1 only
+    (``--seed-batches 1 8`` runs it at B = 8 too); its cost and memory are linear in B L."""
     rows = []
     L, V, T = (256, 50258, 1024) if quick else (1024, 50258, 1024)
-    for B in (1,) if quick else (1, 8):
+    for B in (1,) if quick else batches:
         for dtype in (torch.float32, torch.bfloat16):
-            cases = _step_cases(B, L, V, T, dtype, with_seed=B == 1 or seed_b8)
+            cases = _step_cases(B, L, V, T, dtype, with_seed=B in seed_batches)
             base = None
             for name, fn in cases.items():
                 heavy = name.startswith("seed")
@@ -255,14 +255,17 @@ def main(argv=None) -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes (smoke run)")
     parser.add_argument("--skip-step", action="store_true")
     parser.add_argument("--skip-e2e", action="store_true")
-    parser.add_argument("--seed-b8", action="store_true", help="seed-style step at B=8 (~15 GB)")
+    parser.add_argument("--batches", type=int, nargs="*", default=[1, 8])
+    parser.add_argument(
+        "--seed-batches", type=int, nargs="*", default=[1], help="B of the seed step (B=8: ~15 GB)"
+    )
     parser.add_argument("--e2e-vocab", type=int, default=256)
     parser.add_argument("--e2e-steps", type=int, nargs="*", default=[128, 1024, 5000])
     args = parser.parse_args(argv)
     torch.set_grad_enabled(False)
     rows = []
     if not args.skip_step:
-        rows += bench_step(args.quick, args.seed_b8)
+        rows += bench_step(args.quick, args.batches, args.seed_batches)
     if not args.skip_e2e:
         rows += bench_e2e(args.quick, args.e2e_vocab, args.e2e_steps if not args.quick else [64])
     if rows and not args.quick:
