@@ -333,3 +333,16 @@ def test_repeated_sampling_keeps_memory_flat():
         ops.sample_x0(logits, top_p=0.9, top_k=100, seed=1, offset=i)
         ops.mask_step(x, big, mask_index=4095, alpha_t=0.5, alpha_s=0.502, seed=1, offset=i)
     assert _rss_kib() - before < 8 * 1024, "memory grew over repeated sampling"
+
+
+def test_top_p_matches_remdm_seed_nucleus(path, fresh_seed):
+    """ReMDM's own nucleus (sort, keep cumsum <= p and the top-1, renormalise), as written in
+    the seed: every drawn token lies in its support and carries its renormalised probability."""
+    g = torch.Generator().manual_seed(fresh_seed)
+    logits = torch.randn(64, 500, generator=g, dtype=torch.float64) * 2
+    for top_p in (0.3, 0.9):
+        seed_p = reference.seed_nucleus(torch.softmax(logits, -1), top_p)
+        tok, prob = ops.sample_x0(logits, top_p=top_p, seed=fresh_seed, offset=1)
+        chosen = seed_p.gather(1, tok[:, None])[:, 0]
+        assert (chosen > 0).all()
+        torch.testing.assert_close(prob.double(), chosen, rtol=1e-5, atol=0)

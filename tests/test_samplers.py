@@ -20,7 +20,7 @@ import pytest
 import torch
 from scipy import stats
 
-from mdfast import reference, sampling
+from mdfast import ops, reference, sampling
 from mdfast.sampling import schedules
 
 L, K, MASK = 3, 4, 4
@@ -91,8 +91,8 @@ class SplitDenoiser(ExactDenoiser):
         return h
 
 
-def _chain_law(cond, plan, final: str = "argmax") -> torch.Tensor:
-    """Exact law over the 64 complete sequences of the chain ``plan`` then the final map."""
+def _state_law(cond, plan) -> torch.Tensor:
+    """Exact law over the 125 states after the steps ``plan`` from the all-mask state."""
     dist = torch.zeros(len(STATES), dtype=torch.float64)
     dist[_sid(torch.tensor([MASK] * L))] = 1.0
     for _t, _s, a_t, a_s, sigma in plan:
@@ -111,6 +111,12 @@ def _chain_law(cond, plan, final: str = "argmax") -> torch.Tensor:
             len(STATES), -1
         )
         dist = dist @ trans
+    return dist
+
+
+def _chain_law(cond, plan, final: str = "argmax") -> torch.Tensor:
+    """Exact law over the 64 complete sequences of the chain ``plan`` then the final map."""
+    dist = _state_law(cond, plan)
     out = torch.zeros(K, K, K, dtype=torch.float64)
     for sid, st in enumerate(STATES):
         if dist[sid] == 0:
@@ -132,13 +138,18 @@ def _chain_law(cond, plan, final: str = "argmax") -> torch.Tensor:
 def _chi2_ok(x: torch.Tensor, law: torch.Tensor) -> tuple[bool, float]:
     assert (x != MASK).all()
     idx = x[:, 0] * K * K + x[:, 1] * K + x[:, 2]
-    counts = torch.bincount(idx, minlength=K**L).double()
+    return _chi2_counts_ok(torch.bincount(idx, minlength=K**L).double(), law)
+
+
+def _chi2_counts_ok(counts: torch.Tensor, law: torch.Tensor) -> tuple[bool, float]:
+    """Chi-square of counts vs a law; cells with expected count < 5 are pooled."""
+    assert int(counts[law == 0].sum()) == 0, "a sample outside the law's support"
     n = counts.sum()
     exp = law * n
     big = exp >= 5
     obs_c = torch.cat([counts[big], counts[~big].sum().reshape(1)])
     exp_c = torch.cat([exp[big], exp[~big].sum().reshape(1)])
-    if exp_c[-1] < 5:  # fold a tiny remainder into the largest cell
+    if exp_c[-1] < 5 and len(exp_c) > 1:  # fold a tiny remainder into the largest cell
         j = int(exp_c[:-1].argmax())
         obs_c[j] += obs_c[-1]
         exp_c[j] += exp_c[-1]
@@ -282,6 +293,36 @@ def test_remdm_keeps_the_marginals(strategy, fresh_seed):
         **kw,
     )
     assert _chi2_ok(res.x, target)[0]
+
+
+def test_seed_style_remdm_step_and_mask_step_share_the_exact_law(joint, fresh_seed):
+    """The first three of six ReMDM-cap steps (eta large enough to remask): the seed-style
+    materialised posterior (float64 race) and the fused mask_step both follow the exact law of
+    the intermediate state (125 states)."""
+    _, model = joint
+    plan = sampling.remdm_plan("cap", 6, eta=0.4)[:3]  # stop half-way: masks and remasks left
+    law = _state_law(model.cond, plan)
+    g = torch.Generator().manual_seed(fresh_seed)
+    x_seed = torch.full((N, L), MASK)
+    x_ops = x_seed.clone()
+    for k, (t, s, a_t, a_s, sigma) in enumerate(plan):
+        _, x_seed, _ = reference.seed_remdm_update(
+            model, x_seed, t, t - s, MASK, sigma, generator=g
+        )
+        x_ops, _, _ = ops.mask_step(
+            x_ops,
+            model(x_ops),
+            mask_index=MASK,
+            alpha_t=a_t,
+            alpha_s=a_s,
+            remask=sigma,
+            seed=fresh_seed % 2**40,
+            offset=k,
+        )
+    for x in (x_seed, x_ops):
+        ok, p = _chi2_counts_ok(torch.bincount(_sid(x), minlength=len(STATES)).double(), law)
+        assert ok, p
+    assert law[[sid for sid, st in enumerate(STATES) if MASK in st]].sum() > 0.05
 
 
 def test_remdm_conf_runs_and_remasks(joint, fresh_seed):
