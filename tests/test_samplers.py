@@ -219,6 +219,37 @@ def test_split_hidden_head_mode_is_exact_and_reads_only_changing_rows(joint, fre
     assert model.head_rows == N * L  # each position's logits computed exactly once
 
 
+@pytest.mark.parametrize("sampler", ["ddpm_cache", "remdm-cap"])
+def test_per_row_cache_is_exact_and_evaluates_fewer_sequences(joint, sampler, fresh_seed):
+    _, model = joint
+    kw = {"eta": 0.3} if sampler == "remdm-cap" else {}
+    plan = sampling.remdm_plan("cap", STEPS, **kw) if kw else sampling.grid_plan(STEPS, "linear")
+    law = _chain_law(model.cond, plan)
+    res = sampling.sample(
+        model,
+        sampler=sampler,
+        batch_size=N,
+        length=L,
+        mask_index=MASK,
+        steps=STEPS,
+        per_row_cache=True,
+        seed=fresh_seed % 2**40,
+        **kw,
+    )
+    assert _chi2_ok(res.x, law)[0]
+    full = sampling.sample(
+        model,
+        sampler=sampler,
+        batch_size=N,
+        length=L,
+        mask_index=MASK,
+        steps=STEPS,
+        seed=fresh_seed % 2**40,
+        **kw,
+    )
+    assert res.sequences < full.sequences == full.nfe * N
+
+
 def test_analytic_matches_its_chain(joint, fresh_seed):
     _, model = joint
     law = _chain_law(model.cond, sampling.grid_plan(STEPS, "loglinear"), final="sample")

@@ -72,11 +72,14 @@ LOOP_DEFAULTS = {"t_on": 0.55, "t_off": 0.05, "alpha_on": 0.9}
 
 @dataclass
 class SampleResult:
-    """Samples ``x`` [B, L] (int64), denoiser calls ``nfe``, reverse steps taken ``steps``."""
+    """Samples ``x`` [B, L] (int64), denoiser calls ``nfe``, reverse steps taken ``steps``, and
+    ``sequences``: the sequences the denoiser evaluated over all calls (< nfe * B when a
+    per-row cache refreshes only the rows that changed)."""
 
     x: torch.Tensor
     nfe: int
     steps: int
+    sequences: int = 0
 
 
 def _rng_kw(rng: PhiloxStream) -> dict:
@@ -98,10 +101,12 @@ class _Denoiser:
         self.time_conditioned = time_conditioned
         self.split = hasattr(model, "hidden") and hasattr(model, "head")
         self.calls = 0
+        self.sequences = 0
 
     def __call__(self, x: torch.Tensor, t: float) -> torch.Tensor:
         """Logits [B, L, V], or hidden states [B, L, D] in split mode."""
         self.calls += 1
+        self.sequences += x.shape[0]
         with _nvtx("denoise"):
             fn = self.model.hidden if self.split else self.model
             if self.time_conditioned:
@@ -183,17 +188,24 @@ def _noise_removal(den, out, x, t_final, opts, rng, sample: bool = False):
     return out
 
 
-def _chain(den, x, plan, *, opts, rng, cache, prefix_len, conf_mode=False):
+def _chain(den, x, plan, *, opts, rng, cache, prefix_len, conf_mode=False, per_row=False):
     """Run reverse steps ``plan`` = [(t, s, alpha_t, alpha_s, sigma)] with sigma None (MDLM),
-    a float, or (conf_mode) sigma_max of ReMDM-conf. Returns (x, last denoiser output or None)."""
+    a float, or (conf_mode) sigma_max of ReMDM-conf. Returns (x, last denoiser output or None).
+    ``per_row``: refresh the cached output only for the batch rows whose x changed (written in
+    place into the denoiser's previous output)."""
     out = None
+    stale = None  # per_row: batch rows whose cached output is out of date
     conf = None
     if conf_mode:
         conf = torch.full(x.shape, float("-inf"), dtype=torch.float32, device=x.device)
     for t, _s, a_t, a_s, sigma in plan:
-        reuse = out is not None
+        reuse = out is not None and stale is None
         if out is None:
             out = den(x, t)
+        elif stale is not None:
+            idx = stale.nonzero()[:, 0]
+            out[idx] = den(x[idx], t)
+            stale = None
         remask = sigma
         if conf_mode:
             with _nvtx("remask"):
@@ -237,9 +249,19 @@ def _chain(den, x, plan, *, opts, rng, cache, prefix_len, conf_mode=False):
                 )
         if conf_mode:
             conf = conf_new
-        if not cache or bool(changed.any()):
+        if not cache:
+            out = None
+        elif per_row:
+            rows_changed = changed.any(dim=1)
+            if bool(rows_changed.all()):
+                out = None
+            elif bool(rows_changed.any()):
+                stale = rows_changed
+        elif bool(changed.any()):
             out = None
         x = x_next
+    if stale is not None:
+        out = None
     return x, out
 
 
@@ -319,7 +341,7 @@ def ddpm(
     x, _ = _chain(den, x, plan, opts=opts, rng=rng, cache=False, prefix_len=P)
     if noise_removal:
         _noise_removal(den, None, x, grid[-1][1], opts, rng)
-    return SampleResult(x, den.calls, len(plan))
+    return SampleResult(x, den.calls, len(plan), den.sequences)
 
 
 def ddpm_cache(
@@ -339,6 +361,7 @@ def ddpm_cache(
     nucleus: str = "remdm",
     prefix=None,
     time_conditioned: bool = False,
+    per_row_cache: bool = False,
     device=None,
 ) -> SampleResult:
     """MDLM's cached sampler: the ddpm chain, calling the denoiser only when x changed since the
@@ -346,7 +369,9 @@ def ddpm_cache(
     variant (alpha_t = 1 - t); ``"loglinear"`` reproduces :func:`ddpm`'s chain exactly. The
     cache is the denoiser output for the current x (not a B x L x V probability tensor); a cached
     step reads only the logits rows of positions that unmask. For B = 1 the expected number of
-    calls is about T (1 - exp(-L / T))."""
+    calls is about T (1 - exp(-L / T)). ``per_row_cache=True`` (KV-free, per sequence) re-runs
+    the denoiser only on the batch rows whose x changed and writes them into its previous output
+    (the denoiser must treat batch rows independently and return a fresh tensor)."""
     den, rng, x, P, opts = _common(
         model,
         batch_size,
@@ -365,10 +390,19 @@ def ddpm_cache(
     plan = [
         (t, s, schedules.alpha(t, schedule), schedules.alpha(s, schedule), None) for t, s in grid
     ]
-    x, out = _chain(den, x, plan, opts=opts, rng=rng, cache=not time_conditioned, prefix_len=P)
+    x, out = _chain(
+        den,
+        x,
+        plan,
+        opts=opts,
+        rng=rng,
+        cache=not time_conditioned,
+        prefix_len=P,
+        per_row=per_row_cache,
+    )
     if noise_removal:
         _noise_removal(den, out, x, grid[-1][1], opts, rng)
-    return SampleResult(x, den.calls, len(plan))
+    return SampleResult(x, den.calls, len(plan), den.sequences)
 
 
 def first_hitting(
@@ -438,7 +472,7 @@ def first_hitting(
         events += 1
     if noise_removal:
         _noise_removal(den, out, x, times[-1], opts, rng)
-    return SampleResult(x, den.calls, events)
+    return SampleResult(x, den.calls, events, den.sequences)
 
 
 def analytic(
@@ -486,7 +520,7 @@ def analytic(
         _noise_removal(
             den, out if not time_conditioned else None, x, grid[-1][1], opts, rng, sample=True
         )
-    return SampleResult(x, den.calls, len(plan))
+    return SampleResult(x, den.calls, len(plan), den.sequences)
 
 
 def remdm(
@@ -510,6 +544,7 @@ def remdm(
     nucleus: str = "remdm",
     prefix=None,
     time_conditioned: bool = False,
+    per_row_cache: bool = False,
     device=None,
 ) -> SampleResult:
     """ReMDM samplers on MDLM's cached chain with alpha_t = 1 - t. A decoded position remasks
@@ -531,7 +566,7 @@ def remdm(
       MDLM step and the loop runs while t > dt (so the number of steps differs from T).
 
     sigma is clamped to [0, 1] and the unmask probability to [0, 1] where a strategy leaves
-    ReMDM's valid range."""
+    ReMDM's valid range. ``per_row_cache`` as in :func:`ddpm_cache`."""
     if strategy not in ("cap", "rescale", "conf", "loop", "fb", "dfm"):
         raise ValueError(
             "mdfast: argument 'strategy' must be one of cap, rescale, conf, loop, fb, dfm, "
@@ -566,10 +601,11 @@ def remdm(
         cache=not time_conditioned,
         prefix_len=P,
         conf_mode=strategy == "conf",
+        per_row=per_row_cache,
     )
     if noise_removal:
         _noise_removal(den, out, x, grid_end, opts, rng)
-    return SampleResult(x, den.calls, len(plan))
+    return SampleResult(x, den.calls, len(plan), den.sequences)
 
 
 def remdm_plan(
@@ -677,7 +713,7 @@ def semi_ar(
         seed=seed,
         **kwargs,
     )
-    pieces, nfe, steps, x = [res.x], res.nfe, res.steps, res.x
+    pieces, nfe, steps, seqs, x = [res.x], res.nfe, res.steps, res.sequences, res.x
     for k in range(num_strides):
         r = sample(
             model,
@@ -690,5 +726,5 @@ def semi_ar(
             **kwargs,
         )
         pieces.append(r.x[:, length - stride_length :])
-        nfe, steps, x = nfe + r.nfe, steps + r.steps, r.x
-    return SampleResult(torch.cat(pieces, dim=1), nfe, steps)
+        nfe, steps, seqs, x = nfe + r.nfe, steps + r.steps, seqs + r.sequences, r.x
+    return SampleResult(torch.cat(pieces, dim=1), nfe, steps, seqs)
