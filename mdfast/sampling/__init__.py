@@ -17,14 +17,15 @@ Time runs on MDLM's grid t_k = linspace(1, eps, T + 1); a step goes t = t_k -> s
   cache variant alpha_t = 1 - t, ``"loglinear"`` the ddpm one. A cached step costs O(B L) plus the
   rows that unmask.
 * :func:`first_hitting` — the same chain as :func:`ddpm_cache` on the same grid, jumping from one
-  change event to the next: given the state at grid time t_i, a masked position survives to t_j
-  with probability (1 - alpha_{t_j}) / (1 - alpha_{t_i}) (the ddpm step probabilities telescope),
-  so its event step is the first j with 1 - alpha_{t_j} < u (1 - alpha_{t_i}), u ~ U(0, 1)
-  (inverse survival function). The earliest event fires (all positions sharing that step unmask
-  from the same denoiser output, as in ddpm); the others are redrawn from the new time, which is
-  exact because the per-step decisions of the chain are independent (the law of "first event
-  after t_j" given "no event up to t_j" is the fresh draw from t_j). Denoiser calls = number of
-  distinct event steps.
+  change event to the next. In the ddpm chain a masked position decides independently at every
+  step whether it unmasks (probability (alpha_s - alpha_t)/(1 - alpha_t), which does not depend
+  on the tokens), so it survives to grid time t_j with probability
+  (1 - alpha_{t_j}) / (1 - alpha_{t_0}) (the step probabilities telescope) and its unmask step
+  is the first j with 1 - alpha_{t_j} < u (1 - alpha_{t_0}), u ~ U(0, 1) (inverse survival
+  function), independently of the other positions. All unmask steps are drawn up front; at each
+  distinct step the denoiser runs once, on the sequences that have an event then, and the firing
+  positions draw their tokens from it — exactly the ddpm chain's law (tested against the exact
+  chain law). Denoiser calls = number of distinct event steps.
 * :func:`analytic` — SEDD's absorbing-state analytic (tau-leaping) sampler. For the absorbing
   graph its staggered-score posterior reduces exactly to unmask with probability
   (e^{dsigma} - 1)/(e^{sigma_t} - 1) = (alpha_s - alpha_t)/(1 - alpha_t) with the token from
@@ -425,9 +426,9 @@ def first_hitting(
 ) -> SampleResult:
     """First-hitting sampler: the :func:`ddpm_cache` chain on the same grid and schedule, in
     distribution, jumping from one change event to the next (see the module docstring for the
-    inverse-survival draw and why redrawing after each event is exact). The denoiser is called
-    once per distinct event step (lazily, only when an event needs tokens); ``steps`` only sets
-    the grid. Not for time-conditioned denoisers."""
+    inverse-survival draw and why it is exact). The denoiser is called once per distinct event
+    step, on the sequences with an event at that step only (``sequences`` in the result counts
+    them); ``steps`` only sets the grid. Not for time-conditioned denoisers."""
     den, rng, x, _, opts = _common(
         model,
         batch_size,
@@ -449,27 +450,38 @@ def first_hitting(
     )
     m_rev = m.flip(0).contiguous()
     T = len(grid)
-    i = 0
+    L = x.shape[1]
+    # Every masked position's unmask step, drawn once: positions never remask and the event
+    # times do not depend on the tokens, only the draws at each event do.
+    pos = (x == mask_index).reshape(-1).nonzero()[:, 0]
+    u = ops.uniform((pos.numel(),), *rng.next(), device=x.device)
+    j = T + 1 - torch.searchsorted(m_rev, u * m[0], side="left")  # first j: m_j < u m_0
+    fires = j <= T
+    pos, j = pos[fires], j[fires]
+    order = torch.argsort(j, stable=True)
+    pos, j = pos[order], j[order]
+    step_ids, counts = torch.unique_consecutive(j, return_counts=True)
     events = 0
-    out = None
-    while True:
-        pos = (x == mask_index).reshape(-1).nonzero()[:, 0]
-        if pos.numel() == 0:
-            break
-        u = ops.uniform((pos.numel(),), *rng.next(), device=x.device)
-        below = torch.searchsorted(m_rev, u * m[i], side="left")  # #{j : m_j < u m_i}
-        j = T + 1 - below
-        jmin = int(j.min())
-        if jmin > T:
-            break
-        fire = pos[j == jmin]
-        if out is None:
-            out = den(x, times[i])
+    for step, fire in zip(step_ids.tolist(), pos.split(counts.tolist()), strict=True):
+        # the denoiser runs only on the sequences with an event at this step
+        seqs = torch.unique(fire // L)
+        out = den(x[seqs], times[step - 1])
+        local = torch.searchsorted(seqs, fire // L) * L + fire % L
         with _nvtx("sample"):
-            _draw_rows(den, out, x, fire, opts, rng)
-        out = None
-        i = jmin
+            logits = den.rows(out, local)
+            tok, _ = ops.sample_x0(
+                logits,
+                None,
+                temperature=opts.temperature,
+                top_p=opts.top_p,
+                top_k=opts.top_k,
+                exclude_index=opts.mask_index,
+                nucleus=opts.nucleus,
+                **_rng_kw(rng),
+            )
+            x.view(-1)[fire] = tok
         events += 1
+    out = None
     if noise_removal:
         _noise_removal(den, out, x, times[-1], opts, rng)
     return SampleResult(x, den.calls, events, den.sequences)
