@@ -35,6 +35,13 @@ TORCH_LIBRARY(mdfast, m) {
       "-> (Tensor, Tensor, Tensor)");
 
   // --- sampling: sample_x0, mask_step (issue 4) ---
+  m.def(
+      "sample_x0(Tensor logits, Tensor? rows, float temperature, float top_p, int top_k, "
+      "int exclude_index, str nucleus, int seed, int offset) -> (Tensor, Tensor)");
+  m.def(
+      "mask_step(Tensor x, Tensor? logits, Tensor alpha_t, Tensor alpha_s, Tensor? remask, "
+      "Tensor? confidence, int mask_index, float temperature, float top_p, int top_k, "
+      "str nucleus, int seed, int offset) -> (Tensor, Tensor, Tensor)");
 
   // --- MDM-Prime sub-tokens (issue 5) ---
 }

@@ -8,12 +8,14 @@ Fake (meta) implementations and autograd formulas of the compiled ops are regist
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from mdfast import reference
 from mdfast._extension import _C, has_kernel
 
-__all__ = ["philox4x32", "uniform"]
+__all__ = ["mask_step", "philox4x32", "sample_x0", "uniform"]
 
 _INT64_MAX = 2**63 - 1
 
@@ -354,6 +356,295 @@ def _check_linear_masked_ce_args(hidden, weight, bias, target, row_weight, exclu
 # sampling (issue 4)
 # ---------------------------------------------------------------------------------------------
 
+_LOGITS_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+
+
+def _check_sampling_params(temperature, top_p, top_k, nucleus, seed, offset) -> None:
+    if not (
+        isinstance(temperature, int | float) and math.isfinite(temperature) and temperature >= 0
+    ):
+        raise ValueError(
+            f"mdfast: argument 'temperature' must be finite and >= 0, got {temperature}"
+        )
+    if not (isinstance(top_p, int | float) and 0.0 < top_p <= 1.0):
+        raise ValueError(f"mdfast: argument 'top_p' must be in (0, 1], got {top_p}")
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
+        raise ValueError(f"mdfast: argument 'top_k' must be >= 0, got {top_k}")
+    if nucleus not in ("remdm", "hf"):
+        raise ValueError(f"mdfast: argument 'nucleus' must be 'remdm' or 'hf', got {nucleus!r}")
+    _check_int(seed, "seed")
+    _check_int(offset, "offset")
+
+
+def _check_logits(logits: torch.Tensor, dim: int) -> None:
+    if logits.dtype not in _LOGITS_DTYPES:
+        raise RuntimeError(
+            "mdfast: argument 'logits' must be float32, bfloat16, float16 or float64, "
+            f"got {logits.dtype}"
+        )
+    if logits.dim() != dim:
+        raise RuntimeError(
+            f"mdfast: argument 'logits' must be {dim}-dimensional, got shape {list(logits.shape)}"
+        )
+    if logits.shape[-1] == 0:
+        raise ValueError("mdfast: argument 'logits' must have at least one class")
+
+
+def _raise_bad_rows(token: torch.Tensor, row_ids: torch.Tensor, logits: torch.Tensor) -> None:
+    """CUDA kernels flag a row they could not sample with token -1; name it (and why)."""
+    bad = (token < 0).nonzero()
+    if bad.numel() == 0:
+        return
+    row = int(row_ids[bad[0, 0]])
+    if torch.isnan(logits[row]).any():
+        raise ValueError(
+            f"mdfast: argument 'logits' has a NaN in row {row}, a row that must be sampled"
+        )
+    raise ValueError(
+        f"mdfast: argument 'logits' row {row} has no class to draw (every class excluded or -inf)"
+    )
+
+
+def sample_x0(
+    logits: torch.Tensor,
+    rows: torch.Tensor | None = None,
+    *,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    exclude_index: int = -1,
+    nucleus: str = "remdm",
+    seed: int,
+    offset: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact draw of x0 from logits rows: c ~ softmax(z / tau) with class ``exclude_index``
+    removed, truncated by top-k and then top-p, by Gumbel-max in float64 (53-bit uniforms).
+
+    * Ranking: classes by logit descending (float32 precision), ties by smaller index.
+    * top-k keeps the k highest; top-p (on the renormalised top-k distribution), ReMDM
+      (``nucleus="remdm"``, default): keep the classes whose cumulative mass is <= p, always the
+      top-1; HF (``nucleus="hf"``): also keep the class that crosses p. Masses are summed in 2^-62
+      fixed point, so the cut does not depend on summation order.
+    * ``temperature=0`` is the argmax (ties to the smaller index).
+
+    Reads only the requested rows: one pass for the log-sum-exp, the radix select of the
+    truncation threshold when truncating (no V-sized buffer on the GPU), one pass for the draw.
+    The noise of class c of row r is Philox sub-stream 1, element r * V + c, so a row's token does
+    not depend on which other rows are requested, and CPU and CUDA draw the same tokens.
+
+    Args:
+        logits: [N, V] float32 / bfloat16 / float16 / float64.
+        rows: int64 [R] row indices to sample (default: all N rows).
+    Returns:
+        (token int64 [R], prob float32 [R]): the token and its probability under the truncated
+        distribution (at temperature 1 when ``temperature=0``), as used by ReMDM-conf.
+    """
+    if has_kernel(logits.device):
+        on_device = logits.device.type != "cpu" and not torch.compiler.is_compiling()
+        if on_device and rows is not None and rows.dtype == torch.int64 and rows.numel():
+            # the CUDA kernel cannot raise: check the indices here (the CPU kernel checks itself)
+            if int(rows.min()) < 0 or int(rows.max()) >= logits.shape[0]:
+                raise IndexError(
+                    f"mdfast: argument 'rows' holds indices outside [0, {logits.shape[0]})"
+                )
+        token, prob = torch.ops.mdfast.sample_x0(
+            logits,
+            rows,
+            float(temperature),
+            float(top_p),
+            int(top_k),
+            int(exclude_index),
+            nucleus,
+            seed,
+            offset,
+        )
+        if on_device:
+            row_ids = torch.arange(logits.shape[0], device=logits.device) if rows is None else rows
+            _raise_bad_rows(token, row_ids, logits)
+        return token, prob
+    _check_logits(logits, 2)
+    if rows is not None:
+        if rows.dtype != torch.int64:
+            raise RuntimeError(
+                f"mdfast: argument 'rows' must have dtype torch.int64, got {rows.dtype}"
+            )
+        if rows.dim() != 1:
+            raise RuntimeError(
+                f"mdfast: argument 'rows' must be 1-dimensional, got shape {list(rows.shape)}"
+            )
+        if rows.numel() and (int(rows.min()) < 0 or int(rows.max()) >= logits.shape[0]):
+            raise IndexError(
+                f"mdfast: argument 'rows' holds indices outside [0, {logits.shape[0]})"
+            )
+    if not -1 <= exclude_index < logits.shape[1]:
+        raise ValueError(
+            f"mdfast: argument 'exclude_index' must be -1 or in [0, V), got {exclude_index}"
+        )
+    _check_sampling_params(temperature, top_p, top_k, nucleus, seed, offset)
+    return reference.sample_x0(
+        logits, rows, temperature, top_p, top_k, exclude_index, nucleus, seed, offset
+    )
+
+
+def _as_alpha(alpha, name: str, B: int, device) -> torch.Tensor:
+    a = torch.as_tensor(alpha, dtype=torch.float64, device=device)
+    if a.dim() == 0:
+        return a.expand(B).contiguous()
+    if a.dim() != 1 or a.shape[0] != B:
+        raise RuntimeError(
+            f"mdfast: argument '{name}' must be a scalar or have shape [B] = [{B}], "
+            f"got {list(a.shape)}"
+        )
+    return a.contiguous()
+
+
+def _as_sigma(remask, B: int, L: int, device) -> torch.Tensor | None:
+    if remask is None:
+        return None
+    r = torch.as_tensor(remask, dtype=torch.float64, device=device)
+    if r.dim() == 1 and r.shape[0] == B:
+        r = r[:, None]
+    if r.dim() > 2:
+        raise RuntimeError(
+            f"mdfast: argument 'remask' must be a scalar, [B] or [B, L], got {list(r.shape)}"
+        )
+    try:
+        return r.expand(B, L).contiguous()
+    except RuntimeError:
+        raise RuntimeError(
+            f"mdfast: argument 'remask' must be a scalar, [B] or [B, L] = [{B}, {L}], "
+            f"got {list(r.shape)}"
+        ) from None
+
+
+def mask_step(
+    x: torch.Tensor,
+    logits: torch.Tensor | None = None,
+    *,
+    mask_index: int,
+    alpha_t,
+    alpha_s,
+    remask=None,
+    confidence: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    nucleus: str = "remdm",
+    seed: int,
+    offset: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One fused reverse step t -> s of a masked diffusion model (MDLM, ReMDM), O(1) work per
+    position plus one :func:`sample_x0` row per unmasking position.
+
+    With u_i the event uniform of position i (Philox sub-stream 0, element b * L + l) and
+    sigma_i the remasking probability (``remask``: scalar, [B] or [B, L]; 0 when None):
+
+    * masked position: unmask if u_i < (alpha_s - (1 - sigma_i) alpha_t) / (1 - alpha_t)
+      (clamped to [0, 1]; for sigma = 0 the MDLM step (alpha_s - alpha_t) / (1 - alpha_t)), the
+      token drawn from ``logits[b, l]`` (mask class excluded, temperature / top-k / top-p as in
+      :func:`sample_x0`, same seed and offset); else stay masked with probability
+      (1 - alpha_s - sigma_i alpha_t) / (1 - alpha_t);
+    * decoded position: remask with probability sigma_i, else carry over unchanged.
+
+    ``alpha_t``, ``alpha_s``: scalars or per batch row [B], 0 <= alpha_t <= alpha_s <= 1.
+    Logits rows of positions that do not unmask are never read. With ``logits=None`` only the
+    events are drawn: an unmasking position keeps the mask id in ``x_next`` with ``changed``
+    True, and the caller draws its token (e.g. from an output head run on those rows only).
+
+    Returns:
+        (x_next int64 [B, L], changed bool [B, L], confidence float32 [B, L]) where confidence is
+        ReMDM's bookkeeping: -p(token) where a position unmasks, -inf where it remasks, the input
+        ``confidence`` (default -inf) elsewhere.
+    """
+    B, L = (x.shape[0], x.shape[1]) if x.dim() == 2 else (0, 0)
+    if x.dim() == 2:
+        alpha_t = _as_alpha(alpha_t, "alpha_t", B, x.device)
+        alpha_s = _as_alpha(alpha_s, "alpha_s", B, x.device)
+        remask = _as_sigma(remask, B, L, x.device)
+    kernel = has_kernel(x.device)
+    if not kernel or (x.device.type != "cpu" and not torch.compiler.is_compiling()):
+        _check_mask_step_values(x, logits, alpha_t, alpha_s, remask, mask_index)
+    if kernel:
+        x_next, changed, conf = torch.ops.mdfast.mask_step(
+            x,
+            logits,
+            alpha_t,
+            alpha_s,
+            remask,
+            confidence,
+            int(mask_index),
+            float(temperature),
+            float(top_p),
+            int(top_k),
+            nucleus,
+            seed,
+            offset,
+        )
+        if logits is not None and x.device.type != "cpu" and not torch.compiler.is_compiling():
+            _raise_bad_rows(
+                x_next.reshape(-1), torch.arange(B * L, device=x.device), logits.reshape(B * L, -1)
+            )
+        return x_next, changed, conf
+    if confidence is not None and (
+        confidence.dtype != torch.float32 or confidence.shape != x.shape
+    ):
+        raise RuntimeError(
+            f"mdfast: argument 'confidence' must be float32 of shape {list(x.shape)}"
+        )
+    _check_sampling_params(temperature, top_p, top_k, nucleus, seed, offset)
+    return reference.mask_step(
+        x,
+        logits,
+        alpha_t,
+        alpha_s,
+        remask,
+        confidence,
+        mask_index,
+        temperature,
+        top_p,
+        top_k,
+        nucleus,
+        seed,
+        offset,
+    )
+
+
+def _check_mask_step_values(x, logits, alpha_t, alpha_s, remask, mask_index) -> None:
+    if x.dtype != torch.int64:
+        raise RuntimeError(f"mdfast: argument 'x' must have dtype torch.int64, got {x.dtype}")
+    if x.dim() != 2:
+        raise RuntimeError(f"mdfast: argument 'x' must be 2-dimensional, got shape {list(x.shape)}")
+    if logits is not None:
+        _check_logits(logits, 3)
+        if tuple(logits.shape[:2]) != tuple(x.shape):
+            raise RuntimeError(
+                "mdfast: argument 'logits' must have shape [B, L, V] matching 'x' "
+                f"{list(x.shape)}, got {list(logits.shape)}"
+            )
+        V = logits.shape[2]
+        if not 0 <= mask_index < V:
+            raise ValueError(f"mdfast: argument 'mask_index' must be in [0, V), got {mask_index}")
+    else:
+        V = None
+        if mask_index < 0:
+            raise ValueError(f"mdfast: argument 'mask_index' must be >= 0, got {mask_index}")
+    if x.numel():
+        lo, hi = int(x.min()), int(x.max())
+        if lo < 0 or (V is not None and hi >= V):
+            raise ValueError(
+                f"mdfast: argument 'x' holds ids outside [0, V={V}): min {lo}, max {hi}"
+            )
+    for a, name in ((alpha_t, "alpha_t"), (alpha_s, "alpha_s")):
+        if a.numel() and not bool(((a >= 0) & (a <= 1)).all()):
+            raise ValueError(f"mdfast: argument '{name}' must be in [0, 1], got {a.tolist()}")
+    if alpha_t.numel() and bool((alpha_s < alpha_t).any()):
+        raise ValueError(
+            "mdfast: argument 'alpha_s' must be >= 'alpha_t' (time runs from t to s < t), "
+            f"got alpha_s={alpha_s.tolist()} alpha_t={alpha_t.tolist()}"
+        )
+    if remask is not None and remask.numel() and not bool(((remask >= 0) & (remask <= 1)).all()):
+        raise ValueError("mdfast: argument 'remask' must be in [0, 1]")
+
 
 # ---------------------------------------------------------------------------------------------
 # MDM-Prime sub-tokens (issue 5)
@@ -514,3 +805,38 @@ if _C is not None:
         _linear_masked_ce_backward,
         setup_context=_linear_masked_ce_setup_context,
     )
+
+    # --- sampling (issue 4) ---
+    @torch.library.register_fake("mdfast::sample_x0")
+    def _sample_x0_fake(
+        logits, rows, temperature, top_p, top_k, exclude_index, nucleus, seed, offset
+    ):
+        torch._check(logits.dim() == 2, lambda: "logits must be [N, V]")
+        R = logits.shape[0] if rows is None else rows.shape[0]
+        return (
+            logits.new_empty((R,), dtype=torch.int64),
+            logits.new_empty((R,), dtype=torch.float32),
+        )
+
+    @torch.library.register_fake("mdfast::mask_step")
+    def _mask_step_fake(
+        x,
+        logits,
+        alpha_t,
+        alpha_s,
+        remask,
+        confidence,
+        mask_index,
+        temperature,
+        top_p,
+        top_k,
+        nucleus,
+        seed,
+        offset,
+    ):
+        torch._check(x.dim() == 2, lambda: "x must be [B, L]")
+        return (
+            torch.empty_like(x),
+            x.new_empty(x.shape, dtype=torch.bool),
+            x.new_empty(x.shape, dtype=torch.float32),
+        )
