@@ -303,7 +303,8 @@ def prime_sample_step(
     * ``mode="marginal"`` (the seed's ``--carry_over``): each revealed digit draws independently
       from its own marginal q_j(k) = Σ_{c ∈ V, digit_j(c) = k} softmax_V(z/τ)(c). When b^ℓ > C the
       assembled digits can allow no class < C; such a row's revealed digits are redrawn jointly as
-      in ``exact``. It coincides with ``exact`` in law when at most one digit of a row reveals.
+      in ``exact``. It coincides with ``exact`` in law when at most one digit of a row reveals,
+      and such rows take the joint draw (same bits as ``exact``), which also makes ℓ = 1 work.
 
     The output is always consistent with the old visible digits, allows a class < C, and never
     changes the digit positions listed in ``fixed_digits`` (imputation), masked or not. Rows

@@ -217,7 +217,8 @@ def prime_sample_step(
     * ``marginal``: q_{nj}(k) = Σ_{c ∈ V_n, digit_j(c) = k} softmax_{V_n}(z/τ)(c) (materialised as
       [N, ℓ, b, C] like the seed's ``convert_to_marginal_time``), and digit j takes
       argmax_k (log q_{nj}(k) + g2[(n·ℓ + j)·b + k]), independently per digit. A row whose
-      assembled digits allow no class < C takes digit_j(ĉ_n) for all its revealed digits instead.
+      assembled digits allow no class < C takes digit_j(ĉ_n) for all its revealed digits instead,
+      and so does a row revealing a single digit (its marginal is the law of digit_j(ĉ_n)).
 
     g_s[i] = −log(−log u) for u element i of float64 Philox sub-stream s of (seed, offset). With a
     ``generator`` the uniforms come from ``torch.rand`` instead (the seed's RNG; same law, other
@@ -262,5 +263,5 @@ def prime_sample_step(
         [base ** (num_digits - 1 - j) for j in range(num_digits)], dtype=torch.int64, device=dev
     )
     smallest = (torch.where(candidate == base, 0, candidate) * powers).sum(1)
-    invalid = (smallest >= num_classes)[:, None]
-    return torch.where(reveal & invalid, joint, candidate)
+    invalid = (smallest >= num_classes) | (reveal.sum(1) == 1)
+    return torch.where(reveal & invalid[:, None], joint, candidate)

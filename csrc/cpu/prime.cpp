@@ -262,8 +262,10 @@ void prime_sample_impl(const at::Tensor& logits, const int64_t* dp, int64_t base
       if (!reveal) continue;
       const scalar_t* z = zp + n * C;
       DigitWalk walk(d, base, ell, C);
-      bool need_joint = mode == 0;
-      if (mode == 1) {
+      // A row revealing one digit draws it jointly in both modes: the marginal of that digit is
+      // the law of the joint draw's digit, and the marginal path would cost b more uniforms.
+      bool need_joint = mode == 0 || __builtin_popcount(reveal) == 1;
+      if (!need_joint) {
         // per-digit marginals of softmax_V(z / tau), only for the revealed digits
         OnlineLogSumExp<double> lse;
         for (bool ok = walk.begin(); ok; ok = walk.next()) {
