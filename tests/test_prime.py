@@ -614,3 +614,92 @@ def test_sample_step_bad_digit_names_row(path):
     digits[6, 0] = base + 1
     with pytest.raises(ValueError, match="'digits' row 6"):
         _step(logits, digits, base)
+
+
+# ------------------------------------------------------------------------------- the module
+
+
+def test_module_digit_embedding_is_one_shared_table():
+    from mdfast.diffusion import Prime
+
+    m = Prime(256, 4, 96)
+    assert m.base == 4 and m.embedding.weight.shape == (5, 24)
+    x = torch.tensor([[0, 255, 37]])
+    digits = m.encode(x)
+    digits[0, 2, 1] = m.mask_id
+    h = m.embed(digits)
+    assert h.shape == (1, 3, 96)
+    for i in range(3):
+        expected = torch.cat([m.embedding.weight[int(d)] for d in digits[0, i]])
+        assert torch.equal(h[0, i], expected)
+
+
+@pytest.mark.parametrize("convention", ["mdlm", "polynomial"])
+def test_module_forward_process_masks_digits_independently(convention, fresh_seed):
+    from mdfast.diffusion import Prime
+    from mdfast.diffusion.prime import digit_schedule
+
+    m = Prime(256, 2, 32, convention=convention, schedule_n=3.0)
+    g = torch.Generator().manual_seed(fresh_seed)
+    n = 100_000
+    x0 = torch.randint(0, 256, (4, n), generator=g)
+    t = torch.tensor([0.1, 0.4, 0.7, 0.95], dtype=torch.float64)
+    digits = m.noise(x0, t, generator=g)
+    visible = digits != m.mask_id
+    assert torch.equal(digits[visible], m.encode(x0)[visible])
+    alpha, _ = digit_schedule(t, convention, n=3.0)
+    if convention == "mdlm":
+        assert torch.allclose(alpha, 1 - (1 - 1e-3) * t)
+    else:
+        assert torch.allclose(alpha, t**3)  # t = 1 is data
+    for i in range(4):
+        for pattern in ((False, False), (False, True), (True, False), (True, True)):
+            a = float(alpha[i])
+            p = math.prod((1 - a) if masked else a for masked in pattern)
+            hits = ((~visible[i]) == torch.tensor(pattern)).all(-1).sum().item()
+            sd = math.sqrt(n * p * (1 - p))
+            assert abs(hits - n * p) < 6 * sd + 1, (i, pattern, hits, n * p)
+
+
+@pytest.mark.parametrize("convention", ["mdlm", "polynomial"])
+def test_module_nll_of_perfect_model_estimates_the_entropy(path, convention, fresh_seed):
+    """Two digits always equal, L = 4 i.i.d. tokens: the elbo NLL of the perfect model is the
+    entropy ln 2 per token; the joint loss would report half of it."""
+    from mdfast.diffusion import Prime
+
+    m = Prime(4, 2, 8, convention=convention)
+    p_data = torch.tensor([0.5, 0.0, 0.0, 0.5], dtype=torch.float64)
+    perfect = torch.where(p_data > 0, p_data.log(), torch.tensor(-math.inf, dtype=torch.float64))
+    g = torch.Generator().manual_seed(fresh_seed)
+    x0 = 3 * torch.randint(0, 2, (64, 4), generator=g)
+
+    def model(digits):
+        return perfect.expand(*digits.shape[:-1], 4).contiguous()
+
+    out = m.nll(model, x0, num_times=64, generator=g)
+    per_token = out["nll_per_token"]
+    mean, se = per_token.mean().item(), per_token.std().item() / math.sqrt(per_token.numel())
+    assert abs(mean - math.log(2)) < 6 * se + 1e-3, (mean, se)
+    torch.testing.assert_close(out["bpd"], per_token / math.log(2))
+
+
+def test_module_loss_trains_and_step_reveals(path, fresh_seed):
+    from mdfast.diffusion import Prime
+
+    torch.manual_seed(fresh_seed % 2**31)
+    m = Prime(50, 2, 16, convention="polynomial")
+    head = torch.nn.Linear(16, 50)
+    x0 = torch.randint(0, 50, (8, 6))
+    t = m.sample_times(8)
+    assert t.shape == (8,) and (t >= 0).all() and (t < 1).all()
+    digits = m.noise(x0, t)
+    logits = head(m.embed(digits))
+    for mode in ("elbo", "joint"):
+        loss = m.loss(logits, x0, digits, t, mode=mode)
+        assert loss.ndim == 0 and torch.isfinite(loss)
+    m.loss(logits, x0, digits, t).backward()
+    assert head.weight.grad is not None and m.embedding.weight.grad is not None
+    nxt = m.step(logits.detach(), digits, 0.5, 1.0, seed=1, offset=0)
+    assert (nxt != m.mask_id).all()  # s = 1 is the data end of the polynomial convention
+    visible = digits != m.mask_id
+    assert torch.equal(nxt[visible], digits[visible])
