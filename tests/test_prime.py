@@ -703,3 +703,56 @@ def test_module_loss_trains_and_step_reveals(path, fresh_seed):
     assert (nxt != m.mask_id).all()  # s = 1 is the data end of the polynomial convention
     visible = digits != m.mask_id
     assert torch.equal(nxt[visible], digits[visible])
+
+
+def test_module_corrector_jump_probabilities(fresh_seed):
+    """ℓ = 1, a model sure of class 3: masked digits reveal 3 w.p. 1 − exp(−h r (1+β)); visible
+    3s are re-masked w.p. 1 − exp(−h β|α'|/α); visible others jump w.p. 1 − exp(−h Σu) and to the
+    mask w.p. u(m)/Σu. Binomial counts within 6 sd."""
+    from mdfast.diffusion import Prime
+
+    m = Prime(8, 1, 4, convention="polynomial", schedule_n=2.0)
+    n, t, h, a, b = 60_000, 0.6, 0.05, 8.0, 1.0
+    logits = torch.full((3 * n, 8), -math.inf)
+    logits[:, 3] = 0.0
+    digits = torch.cat([torch.full((n, 1), 8), torch.full((n, 1), 3), torch.full((n, 1), 5)])
+    out = m.corrector_step(logits, digits, t, h, a=a, b=b, seed=fresh_seed, offset=0)
+    alpha, dalpha = t**2, 2 * t
+    beta = a * t**b * (1 - t) ** b
+    r_y, r_m = dalpha / (1 - alpha) * (1 + beta), beta * dalpha / alpha
+    checks = [
+        ((out[:n] == 3).sum(), 1 - math.exp(-h * r_y)),
+        ((out[n : 2 * n] == 8).sum(), 1 - math.exp(-h * r_m)),
+        ((out[2 * n :] == 8).sum(), (1 - math.exp(-h * (r_y + r_m))) * r_m / (r_y + r_m)),
+        ((out[2 * n :] == 3).sum(), (1 - math.exp(-h * (r_y + r_m))) * r_y / (r_y + r_m)),
+    ]
+    for count, p in checks:
+        assert abs(int(count) - n * p) < 6 * math.sqrt(n * p * (1 - p)) + 1, (int(count), n * p)
+    assert set(out[:n].unique().tolist()) <= {3, 8}
+
+
+def test_module_corrector_keeps_tokens_valid_and_fixed_digits(path, fresh_seed):
+    from mdfast.diffusion import Prime
+
+    m = Prime(300, 2, 8, convention="polynomial")  # b = 18: codes 300..323 are invalid
+    logits, _, digits, _ = _random_problem(4000, 300, 2, fresh_seed, p_mask=0.5)
+    for mode in ("exact", "marginal"):
+        out = m.corrector_step(
+            logits,
+            digits,
+            0.5,
+            0.2,
+            a=16.0,
+            b=2.0,
+            mode=mode,
+            seed=fresh_seed,
+            offset=4,
+            fixed_digits=torch.tensor([1]),
+        )
+        assert torch.equal(out[:, 1], digits[:, 1])
+        assert (out[:, 0] != digits[:, 0]).any()
+        smallest = (torch.where(out == 18, 0, out) * torch.tensor([18, 1])).sum(1)
+        assert (smallest < 300).all()
+    assert torch.equal(
+        m.corrector_step(logits, digits, 1.0, 0.2, a=16.0, b=2.0, seed=1, offset=0), digits
+    )

@@ -259,3 +259,71 @@ class Prime(nn.Module):
             offset=offset,
         )
         return out.view(shape)
+
+    def corrector_step(
+        self,
+        logits: torch.Tensor,
+        digits: torch.Tensor,
+        t: float,
+        h: float,
+        *,
+        a: float,
+        b: float,
+        temperature: float = 1.0,
+        mode: str = "exact",
+        fixed_digits: torch.Tensor | None = None,
+        seed: int,
+        offset: int,
+    ) -> torch.Tensor:
+        """The seed's corrector (``--use_corrector_step``, ``corrector_parameters a b c``), run
+        after a predictor step; β(t) = a·t^b·(1 − t)^b (the seed never uses c, neither do we).
+
+        Per digit, with α = α_t, |α'| its time derivative's magnitude, r = |α'|/(1 − α) and a
+        proposal ŷ, the rates are u(ŷ) = r (1 + β) and u(m) = β |α'| / α, each 0 at the current
+        state; the digit jumps w.p. 1 − exp(−h Σu) to a state drawn ∝ u. Masked digits reveal ŷ;
+        visible digits are re-masked or switched to ŷ. ŷ is the digit of one class
+        ĉ ~ softmax(z/τ) over all C classes (``mode="exact"``), or an independent per-digit
+        marginal draw (``"marginal"``, the seed's carry-over flavour): both come from
+        :func:`mdfast.ops.prime_sample_step` on a fully masked token with (seed, offset); the two
+        uniforms per digit from :func:`mdfast.ops.uniform` with (seed, offset + 1). Advance the
+        offset by 2 per call.
+
+        Unlike the seed, the output stays valid: a token whose new visible digits allow no class
+        < C (possible only when b^ℓ > C) keeps its old digits, and ``fixed_digits`` never change.
+        At α ∈ {0, 1} the rates are 0/0 (the seed's NaN) and nothing jumps. This is a
+        pure-PyTorch O(N·ℓ) step on top of the sampling kernel, not a fused kernel.
+        """
+        alpha_t, w_t = self.schedule(torch.tensor([t], dtype=torch.float64))
+        alpha = float(alpha_t)
+        if not 0.0 < alpha < 1.0 or h <= 0:
+            return digits.clone()
+        dalpha = float(w_t) * (1.0 - alpha)
+        beta = a * t**b * (1.0 - t) ** b
+        shape = digits.shape
+        d = digits.reshape(-1, self.num_digits)
+        z = logits.reshape(d.shape[0], -1)
+        proposal = ops.prime_sample_step(
+            z,
+            torch.full_like(d, self.mask_id),
+            base=self.base,
+            alpha_t=0.0,
+            alpha_s=1.0,
+            temperature=temperature,
+            mode=mode,
+            seed=seed,
+            offset=offset,
+        )
+        u = ops.uniform((*d.shape, 2), seed, offset + 1, device=d.device)
+        masked = d == self.mask_id
+        rate_y = torch.where(d == proposal, 0.0, dalpha / (1.0 - alpha) * (1.0 + beta))
+        rate_m = torch.where(masked, 0.0, beta * dalpha / alpha)
+        total = rate_y + rate_m
+        jump = u[..., 0] < -torch.expm1(-h * total)
+        to_mask = u[..., 1] * total < rate_m
+        new = torch.where(jump, torch.where(to_mask, self.mask_id, proposal), d)
+        if fixed_digits is not None and fixed_digits.numel():
+            new[:, fixed_digits.to(d.device)] = d[:, fixed_digits.to(d.device)]
+        powers = self.base ** torch.arange(self.num_digits - 1, -1, -1, device=d.device)
+        smallest = (torch.where(new == self.mask_id, 0, new) * powers).sum(1)
+        new = torch.where((smallest >= self.num_classes)[:, None], d, new)
+        return new.view(shape)
