@@ -6,6 +6,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PY         := $(VENV)/bin/python
 PIP        := $(PY) -m pip
 PYTEST_ARGS ?=
+PIP_FLAGS  ?=
 CSRC       := $(shell find csrc -type f 2>/dev/null)
 
 # CUDA kernels are compiled (not run) whenever torch is a CUDA build and nvcc exists.
@@ -31,7 +32,7 @@ $(VENV)/.deps: pyproject.toml Makefile
 venv: $(VENV)/.deps
 
 $(VENV)/.installed: $(VENV)/.deps setup.py $(CSRC)
-	$(PIP) install --no-build-isolation --no-deps -e .
+	$(PIP) install $(PIP_FLAGS) --no-build-isolation --no-deps -e .
 	touch $@
 
 install: $(VENV)/.installed
