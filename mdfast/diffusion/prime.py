@@ -25,6 +25,7 @@ from torch import nn
 
 from mdfast import ops
 from mdfast.prime import encode, prime_base
+from mdfast.schedules import LogLinearSchedule, PolynomialSchedule, flip_time
 
 __all__ = ["Prime", "digit_schedule"]
 
@@ -33,19 +34,19 @@ def digit_schedule(
     t: torch.Tensor, convention: str = "mdlm", *, n: float = 3.0, eps: float = 1e-3
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(α_t, w_t): the probability that a digit is visible at time t and the ELBO weight
-    |α'_t| / (1 − α_t), for the two time conventions of the module docstring."""
+    |α'_t| / (1 − α_t), for the two time conventions of the module docstring. Both come from
+    :mod:`mdfast.schedules` (``mdlm``: :class:`~mdfast.schedules.LogLinearSchedule`;
+    ``polynomial``: :class:`~mdfast.schedules.PolynomialSchedule` at ``flip_time(t)``)."""
     t = t.double() if t.dtype != torch.float64 else t
     if convention == "mdlm":
-        alpha = 1.0 - (1.0 - eps) * t
-        weight = 1.0 / t
+        schedule, mdfast_time = LogLinearSchedule(eps), t
     elif convention == "polynomial":
-        alpha = t**n
-        weight = n * t ** (n - 1) / (1.0 - alpha)
+        schedule, mdfast_time = PolynomialSchedule(n), flip_time(t)
     else:
         raise ValueError(
             f"mdfast: argument 'convention' must be 'mdlm' or 'polynomial', got '{convention}'"
         )
-    return alpha, weight
+    return schedule.alpha(mdfast_time), schedule.loss_weight(mdfast_time)
 
 
 class Prime(nn.Module):
