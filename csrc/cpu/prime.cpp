@@ -8,6 +8,7 @@
 #include <ATen/ops/empty_like.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <tuple>
@@ -44,13 +45,59 @@ void validate_rows(const int64_t* dp, const int64_t* tp, int64_t N, int ell, int
   }
 }
 
+// exp for the float sweeps: Cody-Waite range reduction and a degree-6 polynomial (relative error
+// < 1e-7), written without float compares or float->int conversions so that GCC's `omp simd` loops
+// vectorise it under its default -ftrapping-math (glibc's expf is scalar). Results below 2^-126
+// (x < -87.3, and x = -inf) are flushed to 0. Callers never pass NaN.
+inline float exp_simd(float x) {
+  union {
+    float f;
+    int32_t i;
+  } t, u, out;
+  const float shifter = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer in the low bits
+  t.f = x * 1.44269504088896341f + shifter;
+  const float n = t.f - shifter;
+  float r = x - n * 0.693359375f;
+  r = r + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const int32_t ni = t.i - 0x4B400000;  // n as an integer
+  const int32_t keep = ni > -126 ? -1 : 0;
+  u.i = ((ni > -126 ? ni : -126) + 127) << 23;  // 2^n
+  out.f = p * u.f;
+  out.i &= keep;
+  return out.f;
+}
+inline double exp_simd(double x) { return std::exp(x); }
+
+// Classes of V come in runs of b^T consecutive codes when the T least significant digits are all
+// masked (the whole row when every digit is): `for_each_run` calls fn(first, count) per run.
+template <typename Fn>
+void for_each_run(const int64_t* d, int64_t base, int ell, int64_t C, Fn fn) {
+  int64_t outer[kMaxDigits];
+  int64_t run = 1;
+  int j = ell - 1;
+  for (; j >= 0 && d[j] == base; --j) run *= base;
+  for (int k = 0; k < ell; ++k) outer[k] = k > j ? 0 : d[k];
+  DigitWalk starts(outer, base, ell, C);
+  for (bool ok = starts.begin(); ok; ok = starts.next()) {
+    fn(starts.c, std::min(run, C - starts.c));
+  }
+}
+
 // One sweep of a buffered chunk into ell+1 running log-sum-exps: lse[0] over all entries, lse[1+k]
-// over entries whose bit k of `bits` is set.
+// over entries whose bit k of `bits` is set (bits unused when slots == 0).
 template <typename acc_t>
 void flush_chunk(const acc_t* z, const uint32_t* bits, int64_t n, int slots,
                  OnlineLogSumExp<acc_t>* lse) {
   acc_t mx = -std::numeric_limits<acc_t>::infinity();
-  bool nan = false;
+  int nan = 0;
+#pragma omp simd reduction(max : mx) reduction(| : nan)
   for (int64_t i = 0; i < n; ++i) {
     mx = z[i] > mx ? z[i] : mx;
     nan |= z[i] != z[i];
@@ -61,11 +108,18 @@ void flush_chunk(const acc_t* z, const uint32_t* bits, int64_t n, int slots,
     part[0].sum = std::numeric_limits<acc_t>::quiet_NaN();
     for (int k = 0; k < slots; ++k) part[1 + k] = part[0];
   } else if (mx != -std::numeric_limits<acc_t>::infinity()) {
+    acc_t e[kChunk];
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) e[i] = exp_simd(z[i] - mx);
     acc_t s[kMaxDigits + 1] = {};
-    for (int64_t i = 0; i < n; ++i) {
-      const acc_t e = std::exp(z[i] - mx);
-      s[0] += e;
-      for (uint32_t b = bits[i]; b; b &= b - 1) s[1 + __builtin_ctz(b)] += e;
+    acc_t s0 = 0;
+#pragma omp simd reduction(+ : s0)
+    for (int64_t i = 0; i < n; ++i) s0 += e[i];
+    s[0] = s0;
+    if (slots) {
+      for (int64_t i = 0; i < n; ++i) {
+        for (uint32_t b = bits[i]; b; b &= b - 1) s[1 + __builtin_ctz(b)] += e[i];
+      }
     }
     for (int k = 0; k <= slots; ++k) {
       part[k].max = s[k] > 0 ? mx : -std::numeric_limits<acc_t>::infinity();
@@ -103,18 +157,30 @@ void prime_ce_forward_impl(const at::Tensor& logits, const int64_t* tp, const in
       for (int k = 0; k < walk.masked; ++k) tv[k] = digit_of(t, base, ell, walk.pos[k]);
       const int slots = mode == 1 ? walk.masked : 0;
       OnlineLogSumExp<acc_t> acc[kMaxDigits + 1];
-      int64_t fill = 0;
-      for (bool ok = walk.begin(); ok; ok = walk.next()) {
-        zbuf[fill] = static_cast<acc_t>(z[walk.c]);
-        uint32_t b = 0;
-        for (int k = 0; k < slots; ++k) b |= static_cast<uint32_t>(walk.val[k] == tv[k]) << k;
-        bits[fill] = b;
-        if (++fill == kChunk) {
-          flush_chunk(zbuf, bits, fill, slots, acc);
-          fill = 0;
+      if (slots == 0) {  // joint: contiguous runs, vectorised sweeps
+        for_each_run(d, base, ell, C, [&](int64_t first, int64_t count) {
+          for (int64_t o = 0; o < count; o += kChunk) {
+            const int64_t len = std::min(kChunk, count - o);
+            const scalar_t* src = z + first + o;
+#pragma omp simd
+            for (int64_t i = 0; i < len; ++i) zbuf[i] = static_cast<acc_t>(src[i]);
+            flush_chunk(zbuf, bits, len, 0, acc);
+          }
+        });
+      } else {
+        int64_t fill = 0;
+        for (bool ok = walk.begin(); ok; ok = walk.next()) {
+          zbuf[fill] = static_cast<acc_t>(z[walk.c]);
+          uint32_t b = 0;
+          for (int k = 0; k < slots; ++k) b |= static_cast<uint32_t>(walk.val[k] == tv[k]) << k;
+          bits[fill] = b;
+          if (++fill == kChunk) {
+            flush_chunk(zbuf, bits, fill, slots, acc);
+            fill = 0;
+          }
         }
+        if (fill) flush_chunk(zbuf, bits, fill, slots, acc);
       }
-      if (fill) flush_chunk(zbuf, bits, fill, slots, acc);
       const acc_t lse_v = acc[0].value();
       lse_row[0] = lse_v;
       acc_t raw;
@@ -175,9 +241,11 @@ void prime_ce_backward_impl(const at::Tensor& grad, const at::Tensor& logits, co
     for (int64_t n = begin; n < end; ++n) {
       const int64_t* d = dp + n * ell;
       scalar_t* o = op + n * C;
-      for (int64_t c = 0; c < C; ++c) o[c] = scalar_t(0);
       const double w = wp ? wp[n] : 1.0;
       DigitWalk walk(d, base, ell, C);
+      if (walk.masked < ell || w == 0.0) {  // else V = [0, C): every class is written below
+        std::fill(o, o + C, scalar_t(0));
+      }
       if (walk.masked == 0 || w == 0.0) continue;
       const acc_t g = gp[n] * static_cast<acc_t>(w);
       const scalar_t* z = zp + n * C;
@@ -185,9 +253,14 @@ void prime_ce_backward_impl(const at::Tensor& grad, const at::Tensor& logits, co
       const acc_t lse_v = lse_row[0];
       const int64_t t = tp[n];
       if (mode == 0) {
-        for (bool ok = walk.begin(); ok; ok = walk.next()) {
-          o[walk.c] = static_cast<scalar_t>(g * std::exp(static_cast<acc_t>(z[walk.c]) - lse_v));
-        }
+        for_each_run(d, base, ell, C, [&](int64_t first, int64_t count) {
+          const scalar_t* src = z + first;
+          scalar_t* dst = o + first;
+#pragma omp simd
+          for (int64_t i = 0; i < count; ++i) {
+            dst[i] = static_cast<scalar_t>(g * exp_simd(static_cast<acc_t>(src[i]) - lse_v));
+          }
+        });
         o[t] = static_cast<scalar_t>(g * (std::exp(static_cast<acc_t>(z[t]) - lse_v) - 1));
       } else {
         int64_t tv[kMaxDigits];
