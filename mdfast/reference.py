@@ -202,7 +202,7 @@ def mdlm_subs_loss(
 # ---------------------------------------------------------------------------------------------
 
 
-def _uniform_substream(
+def _prime_uniform_substream(
     numel: int, seed: int, offset: int, stream: int, device=None
 ) -> torch.Tensor:
     """float64 uniforms of Philox sub-stream ``stream`` (blocks (stream << 56) | b, philox.h)."""
@@ -324,7 +324,7 @@ def prime_sample_step(
         if generator is not None:
             u = torch.rand(numel, dtype=torch.float64, generator=generator, device=dev)
             return u.clamp_min(2.0**-54)
-        return _uniform_substream(numel, seed, offset, stream, dev)
+        return _prime_uniform_substream(numel, seed, offset, stream, dev)
 
     masked = digits == base
     reveal = masked & (

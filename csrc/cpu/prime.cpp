@@ -157,16 +157,24 @@ void prime_ce_forward_impl(const at::Tensor& logits, const int64_t* tp, const in
       for (int k = 0; k < walk.masked; ++k) tv[k] = digit_of(t, base, ell, walk.pos[k]);
       const int slots = mode == 1 ? walk.masked : 0;
       OnlineLogSumExp<acc_t> acc[kMaxDigits + 1];
-      if (slots == 0) {  // joint: contiguous runs, vectorised sweeps
+      if (slots == 0) {  // joint: copy runs of consecutive classes, vectorised sweeps
+        int64_t fill = 0;
         for_each_run(d, base, ell, C, [&](int64_t first, int64_t count) {
-          for (int64_t o = 0; o < count; o += kChunk) {
-            const int64_t len = std::min(kChunk, count - o);
+          for (int64_t o = 0; o < count;) {
+            const int64_t len = std::min(kChunk - fill, count - o);
             const scalar_t* src = z + first + o;
+            acc_t* dst = zbuf + fill;
 #pragma omp simd
-            for (int64_t i = 0; i < len; ++i) zbuf[i] = static_cast<acc_t>(src[i]);
-            flush_chunk(zbuf, bits, len, 0, acc);
+            for (int64_t i = 0; i < len; ++i) dst[i] = static_cast<acc_t>(src[i]);
+            fill += len;
+            o += len;
+            if (fill == kChunk) {
+              flush_chunk(zbuf, bits, fill, 0, acc);
+              fill = 0;
+            }
           }
         });
+        if (fill) flush_chunk(zbuf, bits, fill, 0, acc);
       } else {
         int64_t fill = 0;
         for (bool ok = walk.begin(); ok; ok = walk.next()) {
