@@ -16,6 +16,7 @@ Rows go to bench/results/prime.csv, the plot to bench/results/prime.png.
 
     python -m bench.prime                 # the default sweep (minutes on 2 cores)
     python -m bench.prime --quick         # tiny shapes, a smoke run
+    python -m bench.prime --kind text --ref-limit-gb 10   # the text points with their references
 """
 
 from __future__ import annotations
@@ -200,11 +201,15 @@ def main(argv=None) -> None:
     parser.add_argument("--max-seconds", type=float, default=20.0)
     parser.add_argument("--ref-limit-gb", type=float, default=4.0)
     parser.add_argument("--threads", type=int, default=1, help="same for both providers")
+    parser.add_argument("--kind", choices=["images", "text"], help="only these points")
+    parser.add_argument("--op", choices=["loss", "sample"], help="only this op")
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     rows: list[dict] = []
     for op, kind, batch, length, c, ell, mode, extra in sweep(args.quick):
+        if (args.kind and kind != args.kind) or (args.op and op != args.op):
+            continue
         if op == "loss":
             run_loss(kind, batch, length, c, ell, mode, extra, args, rows)
         else:

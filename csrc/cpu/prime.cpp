@@ -321,6 +321,26 @@ at::Tensor prime_ce_backward_cpu(const at::Tensor& grad, const at::Tensor& logit
   return out;
 }
 
+// Element i of float64 sub-stream `stream` (philox.h's uniform_double_at), keeping the last Philox
+// block: one block carries two float64 uniforms, so a walk over consecutive classes pays one
+// block per two classes instead of one per class. Same bits as uniform_double_at.
+struct CachedUniform {
+  uint64_t seed, offset;
+  uint32_t stream;
+  uint64_t block = ~0ull;
+  PhiloxWords words{};
+
+  double at(uint64_t i) {
+    const uint64_t b = (static_cast<uint64_t>(stream) << 56) | (i >> 1);
+    if (b != block) {
+      words = philox_block(seed, offset, b);
+      block = b;
+    }
+    const int j = static_cast<int>(i & 1) * 2;
+    return uniform_double_from_words(words.w[j], words.w[j + 1]);
+  }
+};
+
 template <typename scalar_t>
 void prime_sample_impl(const at::Tensor& logits, const int64_t* dp, int64_t base, int ell,
                        double p_unmask, double temperature, int mode, uint32_t fixed, uint64_t seed,
@@ -364,12 +384,12 @@ void prime_sample_impl(const at::Tensor& logits, const int64_t* dp, int64_t base
           const int j = walk.pos[k];
           if (!((reveal >> j) & 1u)) continue;
           ArgmaxState best;
+          CachedUniform uniform{seed, offset, 2u};
           for (int64_t v = 0; v < base; ++v) {
             const double q = hist[k * base + v];
             if (!(q > 0.0)) continue;
             const uint64_t idx = static_cast<uint64_t>((n * ell + j) * base + v);
-            best.add(std::log(q) + gumbel_from_uniform(uniform_double_at(seed, offset, 2u, idx)),
-                     v);
+            best.add(std::log(q) + gumbel_from_uniform(uniform.at(idx)), v);
           }
           o[j] = best.index;
         }
@@ -377,11 +397,12 @@ void prime_sample_impl(const at::Tensor& logits, const int64_t* dp, int64_t base
       }
       if (need_joint) {
         ArgmaxState best;
+        CachedUniform uniform{seed, offset, 1u};
         for (bool ok = walk.begin(); ok; ok = walk.next()) {
           const uint64_t idx = static_cast<uint64_t>(n * C + walk.c);
-          best.add(static_cast<double>(z[walk.c]) / temperature +
-                       gumbel_from_uniform(uniform_double_at(seed, offset, 1u, idx)),
-                   walk.c);
+          best.add(
+              static_cast<double>(z[walk.c]) / temperature + gumbel_from_uniform(uniform.at(idx)),
+              walk.c);
         }
         const int64_t c_hat = best.index;
         for (int j = 0; j < ell; ++j) {
