@@ -241,7 +241,7 @@ def masked_ce(
         float32[N] (float64 for float64 logits).
     """
     _check_no_grad(weight, "weight")
-    if has_kernel(logits.device):
+    if has_kernel(logits.device) and hasattr(torch.ops.mdfast, "masked_ce"):
         return torch.ops.mdfast.masked_ce(logits, target, weight, exclude_index, inplace_backward)[
             0
         ]
