@@ -44,6 +44,15 @@ TORCH_LIBRARY(mdfast, m) {
       "str nucleus, int seed, int offset) -> (Tensor, Tensor, Tensor)");
 
   // --- MDM-Prime sub-tokens (issue 5) ---
+  m.def(
+      "prime_ce(Tensor logits, Tensor target, Tensor digits, int base, str mode, Tensor? weight)"
+      " -> (Tensor, Tensor)");
+  m.def(
+      "prime_ce_backward(Tensor grad, Tensor logits, Tensor target, Tensor digits, Tensor lse,"
+      " int base, str mode, Tensor? weight) -> Tensor");
+  m.def(
+      "prime_sample_step(Tensor logits, Tensor digits, int base, float alpha_t, float alpha_s,"
+      " float temperature, str mode, Tensor? fixed_digits, int seed, int offset) -> Tensor");
 }
 
 namespace py = pybind11;

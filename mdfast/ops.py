@@ -14,8 +14,18 @@ import torch
 
 from mdfast import reference
 from mdfast._extension import _C, has_kernel
+from mdfast.prime import prime_base
 
-__all__ = ["mask_step", "philox4x32", "sample_x0", "uniform"]
+__all__ = [
+    "linear_masked_ce",
+    "mask_step",
+    "masked_ce",
+    "philox4x32",
+    "prime_ce",
+    "prime_sample_step",
+    "sample_x0",
+    "uniform",
+]
 
 _INT64_MAX = 2**63 - 1
 
@@ -651,6 +661,262 @@ def _check_mask_step_values(x, logits, alpha_t, alpha_s, remask, mask_index) -> 
 # ---------------------------------------------------------------------------------------------
 
 
+_PRIME_MAX_DIGITS = 16
+
+
+def _prime_check_common(logits: torch.Tensor, digits: torch.Tensor, base) -> int:
+    """The checks the kernels make (csrc/common/prime_args.h); returns the resolved base."""
+    if not logits.dtype.is_floating_point:
+        raise RuntimeError(
+            f"mdfast: argument 'logits' must be a floating tensor, got {logits.dtype}"
+        )
+    if logits.dim() != 2:
+        raise RuntimeError(
+            f"mdfast: argument 'logits' must be 2-dimensional, got {list(logits.shape)}"
+        )
+    if digits.dtype != torch.int64:
+        raise RuntimeError(
+            f"mdfast: argument 'digits' must have dtype torch.int64, got {digits.dtype}"
+        )
+    if digits.dim() != 2:
+        raise RuntimeError(
+            f"mdfast: argument 'digits' must be 2-dimensional, got {list(digits.shape)}"
+        )
+    if digits.device != logits.device:
+        raise RuntimeError(
+            f"mdfast: argument 'digits' is on {digits.device} but 'logits' is on {logits.device}"
+        )
+    if digits.shape[0] != logits.shape[0]:
+        raise RuntimeError(
+            f"mdfast: argument 'digits' must have {logits.shape[0]} rows, got {digits.shape[0]}"
+        )
+    ell, num_classes = digits.shape[1], logits.shape[1]
+    if not 1 <= ell <= _PRIME_MAX_DIGITS:
+        raise RuntimeError(
+            f"mdfast: argument 'digits' must have between 1 and {_PRIME_MAX_DIGITS} columns, "
+            f"got {ell}"
+        )
+    if num_classes < 1:
+        raise RuntimeError("mdfast: argument 'logits' must have at least one class")
+    if base is None:
+        base = prime_base(num_classes, ell)
+    if isinstance(base, bool) or not isinstance(base, int):
+        raise TypeError(f"mdfast: argument 'base' must be an int, got {type(base).__name__}")
+    if base < 2:
+        raise ValueError(f"mdfast: argument 'base' must be >= 2, got {base}")
+    if base**ell < num_classes:
+        raise ValueError(
+            f"mdfast: argument 'base' is too small: base^ell = {base}^{ell} < C = {num_classes} "
+            f"(MDM-Prime uses base = ceil(C^(1/ell)) = {prime_base(num_classes, ell)})"
+        )
+    return base
+
+
+def _prime_validate_rows(digits, base, num_classes, target=None) -> None:
+    """Per-row digit checks (digits.h ``validate_token``), naming the first bad row."""
+    if digits.numel() == 0:
+        return
+    ell = digits.shape[1]
+    bad_digit = ((digits < 0) | (digits > base)).any(1)
+    powers = torch.tensor(
+        [base ** (ell - 1 - j) for j in range(ell)], dtype=torch.int64, device=digits.device
+    )
+    smallest = (torch.where(digits == base, 0, digits.clamp(0, base)) * powers).sum(1)
+    empty = ~bad_digit & (smallest >= num_classes)
+    for kind, rows in (("digit", bad_digit), ("empty", empty)):
+        if rows.any():
+            row = int(rows.nonzero()[0, 0])
+            d = digits[row].tolist()
+            if kind == "digit":
+                raise ValueError(
+                    f"mdfast: argument 'digits' row {row} = {d} holds a digit outside "
+                    f"[0, base] = [0, {base}] ({base} is the mask id)"
+                )
+            raise ValueError(
+                f"mdfast: argument 'digits' row {row} = {d} allows no class < C = {num_classes} "
+                "(its visible digits form an invalid code)"
+            )
+    if target is None:
+        return
+    out_of_range = (target < 0) | (target >= num_classes)
+    if out_of_range.any():
+        row = int(out_of_range.nonzero()[0, 0])
+        raise ValueError(
+            f"mdfast: argument 'target' row {row} = {int(target[row])} is outside [0, C) = "
+            f"[0, {num_classes})"
+        )
+    tdig = torch.div(target[:, None], powers, rounding_mode="floor") % base
+    inconsistent = ((digits != base) & (digits != tdig)).any(1)
+    if inconsistent.any():
+        row = int(inconsistent.nonzero()[0, 0])
+        raise ValueError(
+            f"mdfast: argument 'target' row {row} = {int(target[row])} is inconsistent with the "
+            f"visible digits {digits[row].tolist()} of that row"
+        )
+
+
+def prime_ce(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    digits: torch.Tensor,
+    *,
+    base: int | None = None,
+    mode: str = "joint",
+    weight: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Consistent-set cross-entropy of MDM-Prime sub-tokens, one pass over each consistent set.
+
+    Row i has target class x_i ∈ [0, C) and digits d_i ∈ [0, b]^ℓ (b = ``base`` is the mask id;
+    digit j of a class is ⌊c / b^(ℓ−1−j)⌋ mod b). The consistent set is
+    V_i = {c < C : digit_j(c) = d_ij for every visible j}, and p_V = softmax(z_i) restricted to V_i.
+
+    * ``mode="joint"``: ℓ_i = −log p_V(x_i) (the MDM-Prime text loss with carry-over). Multiplied
+      by α'/(1−α) this is *not* a bound on the NLL for ℓ > 1 (a perfect model can score below the
+      data entropy).
+    * ``mode="elbo"``: ℓ_i = Σ_{j masked} −log Σ_{c ∈ V_i, digit_j(c) = digit_j(x_i)} p_V(c), the
+      continuous-time bound for independent digit masking: use it for NLL / BPD / PPL.
+
+    Returns w_i · ℓ_i, float32[N] (float64[N] for float64 logits). Rows with no masked digit or
+    w_i = 0 are exactly 0 and their logits are never read; classes ≥ C never count. The kernel
+    keeps ℓ+1 online log-sum-exps per row and walks only V_i (|V_i| ≤ b^#masked).
+
+    Backward (logits only; ``weight`` is a constant): for c ∈ V_i, joint
+    g·w·(p_V(c) − 1[c = x_i]); elbo g·w·(m_i p_V(c) − Σ_{j masked, digit_j(c) = digit_j(x_i)}
+    p_{V_ij}(c)) with m_i the number of masked digits; 0 outside V_i.
+
+    Args:
+        logits: [N, C] float32 / float64 / bfloat16 / float16.
+        target: int64[N], each consistent with its row's visible digits.
+        digits: int64[N, ℓ], 1 ≤ ℓ ≤ 16, values in [0, base] (base = masked).
+        base: b ≥ 2 with b^ℓ ≥ C; default ⌈C^(1/ℓ)⌉.
+        mode: ``"joint"`` or ``"elbo"``.
+        weight: float32 / float64 [N] or None (all ones).
+    """
+    base = _prime_check_common(logits, digits, base)
+    if has_kernel(logits.device):
+        return torch.ops.mdfast.prime_ce(logits, target, digits, base, mode, weight)[0]
+    if target.dtype != torch.int64:
+        raise RuntimeError(
+            f"mdfast: argument 'target' must have dtype torch.int64, got {target.dtype}"
+        )
+    if target.shape != (logits.shape[0],):
+        raise RuntimeError(
+            f"mdfast: argument 'target' must have shape [{logits.shape[0]}], "
+            f"got {list(target.shape)}"
+        )
+    if mode not in ("joint", "elbo"):
+        raise ValueError(f"mdfast: argument 'mode' must be 'joint' or 'elbo', got '{mode}'")
+    if weight is not None and (
+        weight.dtype not in (torch.float32, torch.float64) or weight.shape != (logits.shape[0],)
+    ):
+        raise RuntimeError(
+            f"mdfast: argument 'weight' must be float32/float64 of shape [{logits.shape[0]}]"
+        )
+    _prime_validate_rows(digits, base, logits.shape[1], target)
+    return reference.prime_ce(logits, target, digits, base, mode, weight)
+
+
+def prime_sample_step(
+    logits: torch.Tensor,
+    digits: torch.Tensor,
+    *,
+    base: int | None = None,
+    alpha_t: float,
+    alpha_s: float,
+    temperature: float = 1.0,
+    mode: str = "exact",
+    fixed_digits: torch.Tensor | None = None,
+    seed: int,
+    offset: int,
+) -> torch.Tensor:
+    """One reverse step of MDM-Prime's independent digit masking (predictor only).
+
+    Each masked digit of each row is revealed independently with probability
+    (α_s − α_t)/(1 − α_t) (α = probability of a digit being visible; 1 when α_t = 1), from one
+    float64 uniform per digit. Revealed values:
+
+    * ``mode="exact"`` (default): one class ĉ ~ softmax(z/τ) restricted to the consistent set V
+      (Gumbel-max in float64 over V); every revealed digit takes digit_j(ĉ). This is the exact
+      ancestral step of independent digit masking.
+    * ``mode="marginal"`` (the seed's ``--carry_over``): each revealed digit draws independently
+      from its own marginal q_j(k) = Σ_{c ∈ V, digit_j(c) = k} softmax_V(z/τ)(c). When b^ℓ > C the
+      assembled digits can allow no class < C; such a row's revealed digits are redrawn jointly as
+      in ``exact``. It coincides with ``exact`` in law when at most one digit of a row reveals,
+      and such rows take the joint draw (same bits as ``exact``), which also makes ℓ = 1 work.
+
+    The output is always consistent with the old visible digits, allows a class < C, and never
+    changes the digit positions listed in ``fixed_digits`` (imputation), masked or not. Rows
+    revealing nothing never read their logits. The seed's corrector (re-masking / switching
+    visible digits at rate β(t)) is not part of this op (see ``mdfast.diffusion.Prime``).
+
+    Randomness: Philox sub-streams of (seed, offset) — stream 0 element n·ℓ+j for the reveal
+    decision, stream 1 element n·C+c for the class Gumbel, stream 2 element (n·ℓ+j)·b+k for the
+    marginal digit Gumbel — identical on CPU and CUDA and in
+    :func:`mdfast.reference.prime_sample_step`.
+    Advance ``offset`` by one per call.
+
+    Args:
+        logits: [N, C] floating. digits: int64[N, ℓ] in [0, base]. base: default ⌈C^(1/ℓ)⌉.
+        alpha_t, alpha_s: 0 ≤ α_t ≤ α_s ≤ 1. temperature: τ > 0.
+        fixed_digits: int64[k] digit positions in [0, ℓ) never changed, or None.
+        seed, offset: Philox stream, in [0, 2^63).
+
+    Returns:
+        int64[N, ℓ]: the next digits.
+    """
+    base = _prime_check_common(logits, digits, base)
+    seed = _check_int(seed, "seed")
+    offset = _check_int(offset, "offset")
+    if has_kernel(logits.device):
+        return torch.ops.mdfast.prime_sample_step(
+            logits,
+            digits,
+            base,
+            float(alpha_t),
+            float(alpha_s),
+            float(temperature),
+            mode,
+            fixed_digits,
+            seed,
+            offset,
+        )
+    if not 0.0 <= alpha_t <= 1.0:
+        raise ValueError(f"mdfast: argument 'alpha_t' must lie in [0, 1], got {alpha_t}")
+    if not alpha_t <= alpha_s <= 1.0:
+        raise ValueError(f"mdfast: argument 'alpha_s' must lie in [alpha_t, 1], got {alpha_s}")
+    if not 0.0 < temperature < 1e300:
+        raise ValueError(
+            f"mdfast: argument 'temperature' must be a positive finite number, got {temperature}"
+        )
+    if mode not in ("exact", "marginal"):
+        raise ValueError(f"mdfast: argument 'mode' must be 'exact' or 'marginal', got '{mode}'")
+    if fixed_digits is not None:
+        if fixed_digits.dtype != torch.int64 or fixed_digits.dim() != 1:
+            raise RuntimeError(
+                "mdfast: argument 'fixed_digits' must be a 1-dimensional int64 tensor"
+            )
+        if fixed_digits.numel() and (
+            int(fixed_digits.min()) < 0 or int(fixed_digits.max()) >= digits.shape[1]
+        ):
+            raise ValueError(
+                f"mdfast: argument 'fixed_digits' holds values outside the digit positions "
+                f"[0, {digits.shape[1]})"
+            )
+    _prime_validate_rows(digits, base, logits.shape[1])
+    return reference.prime_sample_step(
+        logits,
+        digits,
+        base,
+        float(alpha_t),
+        float(alpha_s),
+        float(temperature),
+        mode,
+        fixed_digits,
+        seed,
+        offset,
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 # Fake (meta) implementations of the compiled ops
 # ---------------------------------------------------------------------------------------------
@@ -840,3 +1106,38 @@ if _C is not None:
             x.new_empty(x.shape, dtype=torch.bool),
             x.new_empty(x.shape, dtype=torch.float32),
         )
+
+    # --- MDM-Prime sub-tokens (issue 5) ---
+    @torch.library.register_fake("mdfast::prime_ce")
+    def _prime_ce_fake(logits, target, digits, base, mode, weight):
+        torch._check(logits.dim() == 2 and digits.dim() == 2, lambda: "prime_ce: bad ranks")
+        dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+        n, ell = digits.shape
+        return logits.new_empty((n,), dtype=dtype), logits.new_empty((n, ell + 1), dtype=dtype)
+
+    @torch.library.register_fake("mdfast::prime_ce_backward")
+    def _prime_ce_backward_fake(grad, logits, target, digits, lse, base, mode, weight):
+        return torch.empty_like(logits, memory_format=torch.contiguous_format)
+
+    @torch.library.register_fake("mdfast::prime_sample_step")
+    def _prime_sample_step_fake(
+        logits, digits, base, alpha_t, alpha_s, temperature, mode, fixed_digits, seed, offset
+    ):
+        return torch.empty_like(digits, memory_format=torch.contiguous_format)
+
+    def _prime_ce_setup_context(ctx, inputs, output):
+        logits, target, digits, base, mode, weight = inputs
+        ctx.save_for_backward(logits, target, digits, output[1], weight)
+        ctx.base, ctx.mode = base, mode
+        ctx.mark_non_differentiable(output[1])
+
+    def _prime_ce_backward(ctx, grad_loss, grad_lse):
+        logits, target, digits, lse, weight = ctx.saved_tensors
+        grad = torch.ops.mdfast.prime_ce_backward(
+            grad_loss, logits, target, digits, lse, ctx.base, ctx.mode, weight
+        )
+        return grad, None, None, None, None, None
+
+    torch.library.register_autograd(
+        "mdfast::prime_ce", _prime_ce_backward, setup_context=_prime_ce_setup_context
+    )

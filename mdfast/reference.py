@@ -540,3 +540,160 @@ def seed_remdm_update(
 # ---------------------------------------------------------------------------------------------
 # MDM-Prime sub-tokens (issue 5)
 # ---------------------------------------------------------------------------------------------
+
+
+def _prime_uniform_substream(
+    numel: int, seed: int, offset: int, stream: int, device=None
+) -> torch.Tensor:
+    """float64 uniforms of Philox sub-stream ``stream`` (blocks (stream << 56) | b, philox.h)."""
+    blocks = torch.arange((numel + 1) // 2, dtype=torch.int64, device=device) | (stream << 56)
+    words = philox_blocks(seed, offset, blocks.cpu()).to(device)
+    k = (words[:, 0::2] << 21) | (words[:, 1::2] >> 11)
+    u = k.to(torch.float64) * 2.0**-53
+    u = torch.where(k == 0, torch.full_like(u, 2.0**-54), u)
+    return u.reshape(-1)[:numel]
+
+
+def prime_digit_table(num_classes: int, base: int, num_digits: int, device=None) -> torch.Tensor:
+    """int64[C, ℓ]: digit_j(c) = ⌊c / b^(ℓ−1−j)⌋ mod b for every class (digit 0 most
+    significant)."""
+    c = torch.arange(num_classes, dtype=torch.int64, device=device)
+    powers = torch.tensor(
+        [base ** (num_digits - 1 - j) for j in range(num_digits)], dtype=torch.int64, device=device
+    )
+    return torch.div(c[:, None], powers, rounding_mode="floor") % base
+
+
+def prime_consistent_mask(digits: torch.Tensor, num_classes: int, base: int) -> torch.Tensor:
+    """bool[N, C]: c ∈ V_i, i.e. every visible digit of row i (≠ b) equals digit_j(c).
+
+    The seed's way (``convert_to_marginal_filter_logit``): one boolean table of shape [b+1, C] per
+    digit j (row b, the mask id, all true), gathered by the row's digit and AND-ed over j."""
+    num_digits = digits.shape[1]
+    table = prime_digit_table(num_classes, base, num_digits, digits.device)  # [C, ℓ]
+    values = torch.arange(base + 1, dtype=torch.int64, device=digits.device)
+    mask = torch.ones(digits.shape[0], num_classes, dtype=torch.bool, device=digits.device)
+    for j in range(num_digits):
+        per_digit = (table[None, :, j] == values[:, None]) | (values[:, None] == base)  # [b+1, C]
+        mask &= per_digit[digits[:, j]]
+    return mask
+
+
+def prime_ce(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    digits: torch.Tensor,
+    base: int,
+    mode: str = "joint",
+    weight: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Consistent-set cross-entropy of MDM-Prime, materialised the seed's way.
+
+    With V_i the classes consistent with row i's visible digits and p_V = softmax(z) over V_i:
+
+    * ``joint``: ℓ_i = −log p_V(x_i) = logsumexp_{V_i} z − z_{x_i}.
+    * ``elbo``:  ℓ_i = Σ_{j masked} −log Σ_{c ∈ V_i, digit_j(c) = digit_j(x_i)} p_V(c)
+      = Σ_{j masked} (logsumexp_{V_i} z − logsumexp_{V_i ∩ {digit_j = digit_j(x_i)}} z).
+
+    Returns w_i · ℓ_i (float64 for float64 logits, float32 otherwise); rows with no masked digit
+    or w_i = 0 give exactly 0 whatever their logits.
+    """
+    acc = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    num_classes = logits.shape[1]
+    z = logits.to(acc)
+    in_v = prime_consistent_mask(digits, num_classes, base)
+    z_v = z.masked_fill(~in_v, float("-inf"))
+    lse_v = torch.logsumexp(z_v, dim=1)
+    masked = digits == base
+    if mode == "joint":
+        raw = lse_v - z.gather(1, target[:, None])[:, 0]
+    else:
+        table = prime_digit_table(num_classes, base, digits.shape[1], logits.device)  # [C, ℓ]
+        same = table[None, :, :] == table[target][:, None, :]  # [N, C, ℓ]
+        lse_j = torch.logsumexp(z_v[:, :, None].masked_fill(~same, float("-inf")), dim=1)
+        raw = torch.where(masked, lse_v[:, None] - lse_j, torch.zeros_like(lse_j)).sum(1)
+    skip = ~masked.any(1)
+    if weight is not None:
+        w = weight.to(acc)
+        skip = skip | (w == 0)
+        raw = w * raw
+    return torch.where(skip, torch.zeros_like(raw), raw)
+
+
+def _prime_unmask_probability(alpha_t: float, alpha_s: float) -> float:
+    if alpha_t >= 1.0:
+        return 1.0
+    return min(1.0, max(0.0, (alpha_s - alpha_t) / (1.0 - alpha_t)))
+
+
+def prime_sample_step(
+    logits: torch.Tensor,
+    digits: torch.Tensor,
+    base: int,
+    alpha_t: float,
+    alpha_s: float,
+    temperature: float = 1.0,
+    mode: str = "exact",
+    fixed_digits: torch.Tensor | None = None,
+    seed: int = 0,
+    offset: int = 0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """One reverse step of independent digit masking, materialised the seed's way.
+
+    Each masked digit j of row n that is not in ``fixed_digits`` is revealed when
+    u0[n·ℓ + j] < (α_s − α_t)/(1 − α_t) (1 when α_t = 1). Revealed values:
+
+    * ``exact``: ĉ_n = argmax_{c ∈ V_n} (z_c/τ + g1[n·C + c]) (a draw from softmax(z/τ) over V_n);
+      every revealed digit takes digit_j(ĉ_n).
+    * ``marginal``: q_{nj}(k) = Σ_{c ∈ V_n, digit_j(c) = k} softmax_{V_n}(z/τ)(c) (materialised as
+      [N, ℓ, b, C] like the seed's ``convert_to_marginal_time``), and digit j takes
+      argmax_k (log q_{nj}(k) + g2[(n·ℓ + j)·b + k]), independently per digit. A row whose
+      assembled digits allow no class < C takes digit_j(ĉ_n) for all its revealed digits instead,
+      and so does a row revealing a single digit (its marginal is the law of digit_j(ĉ_n)).
+
+    g_s[i] = −log(−log u) for u element i of float64 Philox sub-stream s of (seed, offset). With a
+    ``generator`` the uniforms come from ``torch.rand`` instead (the seed's RNG; same law, other
+    bits). Returns the new digits int64[N, ℓ].
+    """
+    n_rows, num_classes = logits.shape
+    num_digits = digits.shape[1]
+    dev = logits.device
+
+    def uniforms(numel: int, stream: int) -> torch.Tensor:
+        if generator is not None:
+            u = torch.rand(numel, dtype=torch.float64, generator=generator, device=dev)
+            return u.clamp_min(2.0**-54)
+        return _prime_uniform_substream(numel, seed, offset, stream, dev)
+
+    masked = digits == base
+    reveal = masked & (
+        uniforms(n_rows * num_digits, 0).view(n_rows, num_digits)
+        < (_prime_unmask_probability(alpha_t, alpha_s))
+    )
+    if fixed_digits is not None and fixed_digits.numel():
+        fixed = torch.zeros(num_digits, dtype=torch.bool, device=dev)
+        fixed[fixed_digits.to(dev)] = True
+        reveal &= ~fixed
+    in_v = prime_consistent_mask(digits, num_classes, base)
+    table = prime_digit_table(num_classes, base, num_digits, dev)  # [C, ℓ]
+    gumbel = -torch.log(-torch.log(uniforms(n_rows * num_classes, 1))).view(n_rows, num_classes)
+    score = (logits.to(torch.float64) / temperature + gumbel).masked_fill(~in_v, float("-inf"))
+    c_hat = score.argmax(dim=1)
+    joint = table[c_hat]  # [N, ℓ]
+    if mode == "exact":
+        return torch.where(reveal, joint, digits)
+    acc = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    p = torch.softmax((logits.to(acc) / temperature).masked_fill(~in_v, float("-inf")), dim=1)
+    k = torch.arange(base, dtype=torch.int64, device=dev)
+    onehot = table.T[:, None, :] == k[None, :, None]  # [ℓ, b, C]
+    q = (p[:, None, None, :] * onehot[None]).sum(-1)  # [N, ℓ, b]
+    g2 = -torch.log(-torch.log(uniforms(n_rows * num_digits * base, 2)))
+    values = (q.to(torch.float64).log() + g2.view(n_rows, num_digits, base)).argmax(-1)
+    candidate = torch.where(reveal, values, digits)
+    powers = torch.tensor(
+        [base ** (num_digits - 1 - j) for j in range(num_digits)], dtype=torch.int64, device=dev
+    )
+    smallest = (torch.where(candidate == base, 0, candidate) * powers).sum(1)
+    invalid = (smallest >= num_classes) | (reveal.sum(1) == 1)
+    return torch.where(reveal & invalid[:, None], joint, candidate)

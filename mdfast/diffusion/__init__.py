@@ -1,0 +1,3 @@
+"""Forward processes and losses of masked discrete diffusion models, as modules."""
+
+from mdfast.diffusion.prime import Prime  # noqa: F401
