@@ -64,6 +64,21 @@ def philox_blocks(seed: int, offset: int, blocks: torch.Tensor) -> torch.Tensor:
     return philox4x32(counter, key)
 
 
+def substream_uniform(seed: int, offset: int, stream: int, index: torch.Tensor) -> torch.Tensor:
+    """Float64 uniforms of sub-stream ``stream`` of the call (seed, offset) at element indices
+    ``index`` (int64, any shape): block (stream << 56) | (i >> 1), words (w[2j], w[2j+1]) with
+    j = i & 1, exactly as ``uniform_double_at(seed, offset, stream, i)`` in philox.h."""
+    flat = index.reshape(-1)
+    words = philox_blocks(seed, offset, (stream << 56) | (flat >> 1))
+    j = (flat & 1) * 2
+    hi = words.gather(1, j[:, None])[:, 0]
+    lo = words.gather(1, (j + 1)[:, None])[:, 0]
+    k = (hi << 21) | (lo >> 11)
+    u = k.to(torch.float64) * 2.0**-53
+    u = torch.where(k == 0, torch.full_like(u, 2.0**-54), u)
+    return u.reshape(index.shape)
+
+
 def uniform(
     shape: tuple[int, ...] | torch.Size,
     seed: int,
@@ -81,17 +96,13 @@ def uniform(
     numel = 1
     for s in shape:
         numel *= int(s)
-    per_block = 2 if dtype == torch.float64 else 4
-    blocks = torch.arange((numel + per_block - 1) // per_block, dtype=torch.int64, device=device)
-    words = philox_blocks(seed, offset, blocks)
     if dtype == torch.float64:
-        k = (words[:, 0::2] << 21) | (words[:, 1::2] >> 11)
-        u = k.to(torch.float64) * 2.0**-53
-        u = torch.where(k == 0, torch.full_like(u, 2.0**-54), u)
-    else:
-        k = words >> 8
-        u = k.to(torch.float32) * 2.0**-24
-        u = torch.where(k == 0, torch.full_like(u, 2.0**-25), u)
+        index = torch.arange(numel, dtype=torch.int64, device=device)
+        return substream_uniform(seed, offset, 0, index).reshape(tuple(shape))
+    words = philox_blocks(seed, offset, torch.arange((numel + 3) // 4, device=device))
+    k = words >> 8
+    u = k.to(torch.float32) * 2.0**-24
+    u = torch.where(k == 0, torch.full_like(u, 2.0**-25), u)
     return u.reshape(-1)[:numel].reshape(tuple(shape)).to(dtype)
 
 
@@ -197,21 +208,6 @@ def mdlm_subs_loss(
 # ---------------------------------------------------------------------------------------------
 
 _FIXED_SCALE = 2.0**62
-
-
-def substream_uniform(seed: int, offset: int, stream: int, index: torch.Tensor) -> torch.Tensor:
-    """Float64 uniforms of sub-stream ``stream`` of the call (seed, offset) at element indices
-    ``index`` (int64, any shape): block (stream << 56) | (i >> 1), words (w[2j], w[2j+1]) with
-    j = i & 1, exactly as ``uniform_double_at(seed, offset, stream, i)`` in philox.h."""
-    flat = index.reshape(-1)
-    words = philox_blocks(seed, offset, (stream << 56) | (flat >> 1))
-    j = (flat & 1) * 2
-    hi = words.gather(1, j[:, None])[:, 0]
-    lo = words.gather(1, (j + 1)[:, None])[:, 0]
-    k = (hi << 21) | (lo >> 11)
-    u = k.to(torch.float64) * 2.0**-53
-    u = torch.where(k == 0, torch.full_like(u, 2.0**-54), u)
-    return u.reshape(index.shape)
 
 
 def _float_key(z: torch.Tensor) -> torch.Tensor:
@@ -542,18 +538,6 @@ def seed_remdm_update(
 # ---------------------------------------------------------------------------------------------
 
 
-def _prime_uniform_substream(
-    numel: int, seed: int, offset: int, stream: int, device=None
-) -> torch.Tensor:
-    """float64 uniforms of Philox sub-stream ``stream`` (blocks (stream << 56) | b, philox.h)."""
-    blocks = torch.arange((numel + 1) // 2, dtype=torch.int64, device=device) | (stream << 56)
-    words = philox_blocks(seed, offset, blocks.cpu()).to(device)
-    k = (words[:, 0::2] << 21) | (words[:, 1::2] >> 11)
-    u = k.to(torch.float64) * 2.0**-53
-    u = torch.where(k == 0, torch.full_like(u, 2.0**-54), u)
-    return u.reshape(-1)[:numel]
-
-
 def prime_digit_table(num_classes: int, base: int, num_digits: int, device=None) -> torch.Tensor:
     """int64[C, ℓ]: digit_j(c) = ⌊c / b^(ℓ−1−j)⌋ mod b for every class (digit 0 most
     significant)."""
@@ -620,12 +604,6 @@ def prime_ce(
     return torch.where(skip, torch.zeros_like(raw), raw)
 
 
-def _prime_unmask_probability(alpha_t: float, alpha_s: float) -> float:
-    if alpha_t >= 1.0:
-        return 1.0
-    return min(1.0, max(0.0, (alpha_s - alpha_t) / (1.0 - alpha_t)))
-
-
 def prime_sample_step(
     logits: torch.Tensor,
     digits: torch.Tensor,
@@ -664,12 +642,18 @@ def prime_sample_step(
         if generator is not None:
             u = torch.rand(numel, dtype=torch.float64, generator=generator, device=dev)
             return u.clamp_min(2.0**-54)
-        return _prime_uniform_substream(numel, seed, offset, stream, dev)
+        return substream_uniform(
+            seed, offset, stream, torch.arange(numel, dtype=torch.int64, device=dev)
+        )
 
     masked = digits == base
     reveal = masked & (
         uniforms(n_rows * num_digits, 0).view(n_rows, num_digits)
-        < (_prime_unmask_probability(alpha_t, alpha_s))
+        < unmask_probability(
+            torch.tensor(alpha_t, dtype=torch.float64),
+            torch.tensor(alpha_s, dtype=torch.float64),
+            torch.tensor(0.0, dtype=torch.float64),
+        ).to(dev)
     )
     if fixed_digits is not None and fixed_digits.numel():
         fixed = torch.zeros(num_digits, dtype=torch.bool, device=dev)

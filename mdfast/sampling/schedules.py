@@ -15,21 +15,17 @@ import torch
 
 from mdfast import schedules as _schedules
 
-LOGLINEAR_EPS = 1e-3
-
 
 def alpha(t: float, schedule) -> float:
     """alpha_t of ``schedule``: a name of :func:`mdfast.schedules.get_schedule` ("loglinear",
     "linear", "cosine", "polynomial") or a :class:`mdfast.schedules.Schedule`."""
-    if schedule == "loglinear":  # the common cases without a tensor round trip
-        return 1.0 - (1.0 - LOGLINEAR_EPS) * t
-    if schedule == "linear":
-        return 1.0 - t
     sched = _schedules.get_schedule(schedule) if isinstance(schedule, str) else schedule
     if not isinstance(sched, _schedules.Schedule):
         raise ValueError(
             f"mdfast: argument 'schedule' must be a schedule name or Schedule, got {schedule!r}"
         )
+    if isinstance(sched, _schedules.LogLinearSchedule):  # affine in t: no tensor round trip
+        return float(sched.alpha(t))
     return float(sched.alpha(torch.tensor(t, dtype=torch.float64)))
 
 
