@@ -25,6 +25,7 @@
 #include <limits>
 #include <type_traits>
 
+#include "../common/dispatch.h"
 #include "../common/linear_masked_ce.h"
 #include "../common/masked_ce_args.h"
 #include "mdfast/online_softmax.h"
@@ -233,26 +234,6 @@ __global__ void masked_ce_backward_kernel(const acc_t* __restrict__ grad, const 
   }
 }
 
-template <typename F>
-void dispatch_ce(at::ScalarType dtype, F&& f) {
-  switch (dtype) {
-    case at::kFloat:
-      f(float{});
-      break;
-    case at::kBFloat16:
-      f(c10::BFloat16{});
-      break;
-    case at::kHalf:
-      f(c10::Half{});
-      break;
-    case at::kDouble:
-      f(double{});
-      break;
-    default:
-      TORCH_CHECK(false, "mdfast: unsupported logits dtype ", dtype);
-  }
-}
-
 at::Tensor new_flags(int64_t n, const at::Tensor& like) {
   return at::full({2}, n, like.options().dtype(at::kLong));
 }
@@ -281,7 +262,7 @@ std::tuple<at::Tensor, at::Tensor> masked_ce_cuda(const at::Tensor& logits,
       weight.has_value() ? c10::optional<at::Tensor>(weight->to(acc).contiguous()) : c10::nullopt;
   at::Tensor flags = new_flags(n, logits);
   const auto stream = c10::cuda::getCurrentCUDAStream();
-  dispatch_ce(logits.scalar_type(), [&](auto tag) {
+  dispatch_logits(logits.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
     using acc_t = acc_of<T>;
     masked_ce_forward_kernel<T, acc_t><<<grid_for_rows(n), kThreads, 0, stream>>>(
@@ -307,7 +288,7 @@ void backward_launch(const at::Tensor& grad_loss, const at::Tensor& logits,
   const at::Tensor l = lse.contiguous();
   at::Tensor flags = new_flags(n, logits);
   const auto stream = c10::cuda::getCurrentCUDAStream();
-  dispatch_ce(logits.scalar_type(), [&](auto tag) {
+  dispatch_logits(logits.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
     using acc_t = acc_of<T>;
     masked_ce_backward_kernel<T, acc_t><<<grid_for_rows(n), kThreads, 0, stream>>>(
