@@ -28,6 +28,7 @@
 #include "../common/dispatch.h"
 #include "../common/linear_masked_ce.h"
 #include "../common/masked_ce_args.h"
+#include "mdfast/block_reduce.cuh"
 #include "mdfast/online_softmax.h"
 
 namespace mdfast {
@@ -64,34 +65,6 @@ __device__ __forceinline__ bool check_row(int64_t r, acc_t w, int64_t t, int64_t
     return false;
   }
   return true;
-}
-
-template <typename acc_t>
-__device__ OnlineLogSumExp<acc_t> block_merge(OnlineLogSumExp<acc_t> st) {
-  __shared__ acc_t smax[kWarps];
-  __shared__ acc_t ssum[kWarps];
-#pragma unroll
-  for (int off = 16; off > 0; off >>= 1) {
-    OnlineLogSumExp<acc_t> o;
-    o.max = __shfl_xor_sync(0xffffffffu, st.max, off);
-    o.sum = __shfl_xor_sync(0xffffffffu, st.sum, off);
-    st.merge(o);
-  }
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  if (lane == 0) {
-    smax[warp] = st.max;
-    ssum[warp] = st.sum;
-  }
-  __syncthreads();
-  OnlineLogSumExp<acc_t> total;
-  for (int i = 0; i < kWarps; ++i) {
-    OnlineLogSumExp<acc_t> o;
-    o.max = smax[i];
-    o.sum = ssum[i];
-    total.merge(o);
-  }
-  __syncthreads();  // smax/ssum are reused by the next row
-  return total;
 }
 
 // Adds the vector's elements to the running state: one rescale per vector, one exp per element.
@@ -161,7 +134,7 @@ __global__ void masked_ce_forward_kernel(const T* __restrict__ logits,
       add_vec<T, acc_t>(st, xv[i], head + i * W, exclude);
     for (int64_t j = tail0 + threadIdx.x; j < v; j += blockDim.x)
       if (j != exclude) st.add(static_cast<acc_t>(x[j]));
-    const OnlineLogSumExp<acc_t> total = block_merge(st);
+    const OnlineLogSumExp<acc_t> total = block_merge<kWarps>(st);
     if (threadIdx.x == 0) {
       // a +inf logit makes the row NaN (as on CPU), not +inf
       const acc_t l = total.max == std::numeric_limits<acc_t>::infinity()
