@@ -22,6 +22,7 @@
 #include <limits>
 #include <type_traits>
 
+#include "../common/dispatch.h"
 #include "../common/linear_masked_ce.h"
 #include "../common/masked_ce_args.h"
 #include "mdfast/online_softmax.h"
@@ -248,26 +249,6 @@ void backward_rows(const acc_of<T>* grad, const T* logits, const int64_t* target
   });
 }
 
-template <typename F>
-void dispatch_ce(at::ScalarType dtype, F&& f) {
-  switch (dtype) {
-    case at::kFloat:
-      f(float{});
-      break;
-    case at::kBFloat16:
-      f(c10::BFloat16{});
-      break;
-    case at::kHalf:
-      f(c10::Half{});
-      break;
-    case at::kDouble:
-      f(double{});
-      break;
-    default:
-      TORCH_CHECK(false, "mdfast: unsupported logits dtype ", dtype);
-  }
-}
-
 c10::optional<at::Tensor> weight_as(const c10::optional<at::Tensor>& weight, at::ScalarType acc) {
   if (!weight.has_value()) return c10::nullopt;
   return weight->to(acc).contiguous();
@@ -299,7 +280,7 @@ std::tuple<at::Tensor, at::Tensor> masked_ce_cpu(const at::Tensor& logits, const
   const at::Tensor x = logits.contiguous();
   at::Tensor loss = at::empty({n}, logits.options().dtype(acc));
   at::Tensor lse = at::empty({n}, logits.options().dtype(acc));
-  dispatch_ce(logits.scalar_type(), [&](auto tag) {
+  dispatch_logits(logits.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
     using acc_t = acc_of<T>;
     forward_rows<T>(x.data_ptr<T>(), t.data_ptr<int64_t>(),
@@ -319,7 +300,7 @@ void backward_impl(const at::Tensor& grad_loss, const at::Tensor& logits, const 
   check_values(t, w, v, exclude_index);
   const at::Tensor g = grad_loss.to(acc).contiguous();
   const at::Tensor l = lse.contiguous();
-  dispatch_ce(logits.scalar_type(), [&](auto tag) {
+  dispatch_logits(logits.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
     using acc_t = acc_of<T>;
     backward_rows<T>(g.data_ptr<acc_t>(), logits.data_ptr<T>(), t.data_ptr<int64_t>(),

@@ -13,6 +13,7 @@
 #include <tuple>
 #include <vector>
 
+#include "../common/dispatch.h"
 #include "../common/sampling_args.h"
 #include "mdfast/online_softmax.h"
 #include "mdfast/sampling.h"
@@ -199,26 +200,6 @@ struct RowError {
     if (row.load() != std::numeric_limits<int64_t>::max()) throw_row_error(status.load(), row);
   }
 };
-
-template <typename Fn>
-void dispatch_logits(at::ScalarType t, Fn&& fn) {
-  switch (t) {
-    case at::kFloat:
-      fn(float{});
-      break;
-    case at::kBFloat16:
-      fn(c10::BFloat16{});
-      break;
-    case at::kHalf:
-      fn(c10::Half{});
-      break;
-    case at::kDouble:
-      fn(double{});
-      break;
-    default:
-      TORCH_CHECK(false, "mdfast: unsupported logits dtype ", t);
-  }
-}
 
 std::tuple<at::Tensor, at::Tensor> sample_x0_cpu(const at::Tensor& logits,
                                                  const c10::optional<at::Tensor>& rows,

@@ -25,8 +25,10 @@
 #include <limits>
 #include <type_traits>
 
+#include "../common/dispatch.h"
 #include "../common/linear_masked_ce.h"
 #include "../common/masked_ce_args.h"
+#include "mdfast/block_reduce.cuh"
 #include "mdfast/online_softmax.h"
 
 namespace mdfast {
@@ -63,34 +65,6 @@ __device__ __forceinline__ bool check_row(int64_t r, acc_t w, int64_t t, int64_t
     return false;
   }
   return true;
-}
-
-template <typename acc_t>
-__device__ OnlineLogSumExp<acc_t> block_merge(OnlineLogSumExp<acc_t> st) {
-  __shared__ acc_t smax[kWarps];
-  __shared__ acc_t ssum[kWarps];
-#pragma unroll
-  for (int off = 16; off > 0; off >>= 1) {
-    OnlineLogSumExp<acc_t> o;
-    o.max = __shfl_xor_sync(0xffffffffu, st.max, off);
-    o.sum = __shfl_xor_sync(0xffffffffu, st.sum, off);
-    st.merge(o);
-  }
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  if (lane == 0) {
-    smax[warp] = st.max;
-    ssum[warp] = st.sum;
-  }
-  __syncthreads();
-  OnlineLogSumExp<acc_t> total;
-  for (int i = 0; i < kWarps; ++i) {
-    OnlineLogSumExp<acc_t> o;
-    o.max = smax[i];
-    o.sum = ssum[i];
-    total.merge(o);
-  }
-  __syncthreads();  // smax/ssum are reused by the next row
-  return total;
 }
 
 // Adds the vector's elements to the running state: one rescale per vector, one exp per element.
@@ -160,7 +134,7 @@ __global__ void masked_ce_forward_kernel(const T* __restrict__ logits,
       add_vec<T, acc_t>(st, xv[i], head + i * W, exclude);
     for (int64_t j = tail0 + threadIdx.x; j < v; j += blockDim.x)
       if (j != exclude) st.add(static_cast<acc_t>(x[j]));
-    const OnlineLogSumExp<acc_t> total = block_merge(st);
+    const OnlineLogSumExp<acc_t> total = block_merge<kWarps>(st);
     if (threadIdx.x == 0) {
       // a +inf logit makes the row NaN (as on CPU), not +inf
       const acc_t l = total.max == std::numeric_limits<acc_t>::infinity()
@@ -233,26 +207,6 @@ __global__ void masked_ce_backward_kernel(const acc_t* __restrict__ grad, const 
   }
 }
 
-template <typename F>
-void dispatch_ce(at::ScalarType dtype, F&& f) {
-  switch (dtype) {
-    case at::kFloat:
-      f(float{});
-      break;
-    case at::kBFloat16:
-      f(c10::BFloat16{});
-      break;
-    case at::kHalf:
-      f(c10::Half{});
-      break;
-    case at::kDouble:
-      f(double{});
-      break;
-    default:
-      TORCH_CHECK(false, "mdfast: unsupported logits dtype ", dtype);
-  }
-}
-
 at::Tensor new_flags(int64_t n, const at::Tensor& like) {
   return at::full({2}, n, like.options().dtype(at::kLong));
 }
@@ -281,7 +235,7 @@ std::tuple<at::Tensor, at::Tensor> masked_ce_cuda(const at::Tensor& logits,
       weight.has_value() ? c10::optional<at::Tensor>(weight->to(acc).contiguous()) : c10::nullopt;
   at::Tensor flags = new_flags(n, logits);
   const auto stream = c10::cuda::getCurrentCUDAStream();
-  dispatch_ce(logits.scalar_type(), [&](auto tag) {
+  dispatch_logits(logits.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
     using acc_t = acc_of<T>;
     masked_ce_forward_kernel<T, acc_t><<<grid_for_rows(n), kThreads, 0, stream>>>(
@@ -307,7 +261,7 @@ void backward_launch(const at::Tensor& grad_loss, const at::Tensor& logits,
   const at::Tensor l = lse.contiguous();
   at::Tensor flags = new_flags(n, logits);
   const auto stream = c10::cuda::getCurrentCUDAStream();
-  dispatch_ce(logits.scalar_type(), [&](auto tag) {
+  dispatch_logits(logits.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
     using acc_t = acc_of<T>;
     masked_ce_backward_kernel<T, acc_t><<<grid_for_rows(n), kThreads, 0, stream>>>(

@@ -16,6 +16,7 @@
 #include <tuple>
 
 #include "../common/prime_args.h"
+#include "mdfast/block_reduce.cuh"
 #include "mdfast/digits.h"
 #include "mdfast/gumbel.h"
 #include "mdfast/online_softmax.h"
@@ -43,64 +44,7 @@ __device__ __forceinline__ void load_digits(const int64_t* d, int ell, int64_t* 
 
 // ------------------------------------------------------------------------------ block reductions
 
-template <typename acc_t>
-__device__ OnlineLogSumExp<acc_t> warp_merge(OnlineLogSumExp<acc_t> s) {
-  for (int off = 16; off > 0; off >>= 1) {
-    OnlineLogSumExp<acc_t> o;
-    o.max = __shfl_xor_sync(0xffffffffu, s.max, off);
-    o.sum = __shfl_xor_sync(0xffffffffu, s.sum, off);
-    s.merge(o);
-  }
-  return s;
-}
-
-// Merges every thread's state; the result is valid in every thread.
-template <typename acc_t>
-__device__ OnlineLogSumExp<acc_t> block_merge(OnlineLogSumExp<acc_t> s) {
-  __shared__ acc_t smax[kWarps], ssum[kWarps];
-  s = warp_merge(s);
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  if (lane == 0) {
-    smax[warp] = s.max;
-    ssum[warp] = s.sum;
-  }
-  __syncthreads();
-  OnlineLogSumExp<acc_t> r;
-  for (int w = 0; w < kWarps; ++w) {
-    OnlineLogSumExp<acc_t> o;
-    o.max = smax[w];
-    o.sum = ssum[w];
-    r.merge(o);
-  }
-  __syncthreads();
-  return r;
-}
-
-__device__ ArgmaxState block_argmax(ArgmaxState s) {
-  __shared__ double sscore[kWarps];
-  __shared__ long long sindex[kWarps];
-  for (int off = 16; off > 0; off >>= 1) {
-    ArgmaxState o;
-    o.score = __shfl_xor_sync(0xffffffffu, s.score, off);
-    o.index = __shfl_xor_sync(0xffffffffu, static_cast<long long>(s.index), off);
-    s.merge(o);
-  }
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  if (lane == 0) {
-    sscore[warp] = s.score;
-    sindex[warp] = s.index;
-  }
-  __syncthreads();
-  ArgmaxState r;
-  for (int w = 0; w < kWarps; ++w) {
-    ArgmaxState o;
-    o.score = sscore[w];
-    o.index = sindex[w];
-    r.merge(o);
-  }
-  __syncthreads();
-  return r;
-}
+// Block reductions: mdfast/block_reduce.cuh.
 
 // ------------------------------------------------------------------------------ validation
 
@@ -182,7 +126,7 @@ __global__ void __launch_bounds__(kThreads)
       if (vals[k] == tv[k]) acc[1 + k].add(zc);
     }
   }
-  const acc_t lse_v = block_merge(acc[0]).value();
+  const acc_t lse_v = block_merge<kWarps>(acc[0]).value();
   acc_t raw = 0;
   if (mode == 0) {
     raw = lse_v - static_cast<acc_t>(z[t]);
@@ -191,7 +135,7 @@ __global__ void __launch_bounds__(kThreads)
     for (int j = threadIdx.x; j <= ell; j += blockDim.x) lse_row[j] = lse_v;
     __syncthreads();
     for (int k = 0; k < slots; ++k) {
-      const acc_t lj = block_merge(acc[1 + k]).value();
+      const acc_t lj = block_merge<kWarps>(acc[1 + k]).value();
       raw += lse_v - lj;
       if (threadIdx.x == 0) lse_row[1 + walk.pos[k]] = lj;
     }
@@ -328,7 +272,7 @@ __device__ int64_t joint_draw(const scalar_t* z, const DigitWalk& walk, int64_t 
                  gumbel_from_uniform(uniform_double_at(seed, offset, 1u, idx)),
              c);
   }
-  return block_argmax(best).index;
+  return block_argmax<kWarps>(best).index;
 }
 
 template <typename scalar_t>
@@ -371,7 +315,7 @@ __global__ void __launch_bounds__(kThreads)
       const int64_t c = walk.class_at(i, nullptr);
       if (c < C) part.add(static_cast<double>(z[c]) / temperature);
     }
-    const double lv = block_merge(part).value();
+    const double lv = block_merge<kWarps>(part).value();
     for (int64_t i = threadIdx.x; i < walk.masked * base; i += blockDim.x) hist[i] = 0.0;
     __syncthreads();
     for (int64_t i = threadIdx.x; i < span; i += blockDim.x) {
@@ -393,7 +337,7 @@ __global__ void __launch_bounds__(kThreads)
         const uint64_t idx = static_cast<uint64_t>((n * ell + j) * base + v);
         best.add(log(q) + gumbel_from_uniform(uniform_double_at(seed, offset, 2u, idx)), v);
       }
-      const ArgmaxState r = block_argmax(best);
+      const ArgmaxState r = block_argmax<kWarps>(best);
       if (threadIdx.x == 0) new_digits[j] = r.index;
     }
     __syncthreads();

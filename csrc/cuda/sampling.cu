@@ -19,6 +19,7 @@
 #include <limits>
 #include <tuple>
 
+#include "../common/dispatch.h"
 #include "../common/sampling_args.h"
 #include "mdfast/online_softmax.h"
 #include "mdfast/sampling.h"
@@ -301,26 +302,6 @@ __global__ void __launch_bounds__(kThreads)
 int grid_for(int64_t work) {
   const int64_t cap = int64_t(1) << 20;
   return static_cast<int>(work < cap ? (work > 0 ? work : 1) : cap);
-}
-
-template <typename Fn>
-void dispatch_logits(at::ScalarType t, Fn&& fn) {
-  switch (t) {
-    case at::kFloat:
-      fn(float{});
-      break;
-    case at::kBFloat16:
-      fn(c10::BFloat16{});
-      break;
-    case at::kHalf:
-      fn(c10::Half{});
-      break;
-    case at::kDouble:
-      fn(double{});
-      break;
-    default:
-      TORCH_CHECK(false, "mdfast: unsupported logits dtype ", t);
-  }
 }
 
 std::tuple<at::Tensor, at::Tensor> sample_x0_cuda(const at::Tensor& logits,
