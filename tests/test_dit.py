@@ -97,8 +97,9 @@ class RefDIT(nn.Module):
 
 
 def _ref(tc=False):
-    return RefDIT(CFG["vocab_size"], CFG["hidden_dim"], CFG["cond_dim"], CFG["n_blocks"],
-                  CFG["n_heads"], tc).double()  # fmt: skip
+    return RefDIT(
+        CFG["vocab_size"], CFG["hidden_dim"], CFG["cond_dim"], CFG["n_blocks"], CFG["n_heads"], tc
+    ).double()
 
 
 def _write_hf_dir(ref, d, tc=False):
@@ -107,8 +108,13 @@ def _write_hf_dir(ref, d, tc=False):
     sd = {f"backbone.{k}": v.float().contiguous() for k, v in ref.state_dict().items()}
     save_file(sd, str(d / "model.safetensors"))
     hf_cfg = {k: v for k, v in CFG.items() if k != "vocab_size"}
-    hf_cfg.update(vocab_size=CFG["vocab_size"], model_length=16, time_conditioning=tc,
-                  model_type="mdlm", return_dict=False)  # fmt: skip
+    hf_cfg.update(
+        vocab_size=CFG["vocab_size"],
+        model_length=16,
+        time_conditioning=tc,
+        model_type="mdlm",
+        return_dict=False,
+    )
     (d / "config.json").write_text(json.dumps(hf_cfg))
 
 
@@ -158,9 +164,18 @@ def test_lightning_ckpt_uses_ema(tmp_path, fresh_seed):
     ckpt = {
         "state_dict": {f"backbone.{k}": v for k, v in ref.state_dict().items()},
         "ema": {"decay": 0.9999, "num_updates": 3, "shadow_params": shadow},
-        "hyper_parameters": {"config": {"model": {"hidden_size": 32, "cond_dim": 16,
-                                                  "n_blocks": 2, "n_heads": 4, "dropout": 0.0}}},
-    }  # fmt: skip
+        "hyper_parameters": {
+            "config": {
+                "model": {
+                    "hidden_size": 32,
+                    "cond_dim": 16,
+                    "n_blocks": 2,
+                    "n_heads": 4,
+                    "dropout": 0.0,
+                }
+            }
+        },
+    }
     torch.save(ckpt, tmp_path / "last.ckpt")
     x = torch.randint(0, CFG["vocab_size"], (2, 16))
     with_ema = load_mdlm(tmp_path / "last.ckpt")
