@@ -120,9 +120,10 @@ def _eval(args) -> int:
             ema.copy_to()
     objective.eval()
     torch.manual_seed(ev["seed"])
-    bs = min(ev["batch_size"], len(val))
+    n_val = len(val["input_ids"]) if isinstance(val, dict) else len(val)
+    bs = min(ev["batch_size"], n_val)
     batches = StepBatches(val, bs, shuffle=False)
-    n = min(ev["batches"], max(1, len(val) // bs))
+    n = min(ev["batches"], max(1, n_val // bs))
     total = 0.0
     with torch.no_grad():
         for i in range(n):
@@ -132,7 +133,7 @@ def _eval(args) -> int:
     out = {
         "checkpoint": path,
         "loss": mean,
-        "ppl_bound": math.exp(min(mean, 700)),
+        "exp_loss": math.exp(min(mean, 700)),
         "batches": n,
         "batch_size": bs,
     }

@@ -36,9 +36,20 @@ def test_unet_seed_io_shapes_on_meta():
 
 def test_unet_prime_digit_stem_layout(fresh_seed):
     torch.manual_seed(fresh_seed)
-    cfg = UNetConfig(tokens_per_pixel=3, digits=2, digit_vocab=5, token_dim=8, num_classes=16,
-                     image_size=8, model_channels=8, channel_mult=[3, 3], num_res_blocks=1,
-                     attention_resolutions=[4], num_head_channels=8, dropout=0.0)  # fmt: skip
+    cfg = UNetConfig(
+        tokens_per_pixel=3,
+        digits=2,
+        digit_vocab=5,
+        token_dim=8,
+        num_classes=16,
+        image_size=8,
+        model_channels=8,
+        channel_mult=[3, 3],
+        num_res_blocks=1,
+        attention_resolutions=[4],
+        num_head_channels=8,
+        dropout=0.0,
+    )
     m = UNet(cfg)
     x = torch.randint(0, 5, (2, 6, 8, 8))
     e = m.embed(x)  # [B, 3*8, H, W]
@@ -89,8 +100,9 @@ def test_uvit_shapes_null_class_and_cfg(fresh_seed):
     torch.testing.assert_close(m(x), zu)  # no label = the null class
     assert not torch.allclose(zc, zu)  # the label matters
     for s in (0.0, 1.0, 2.5):
-        torch.testing.assert_close(m.forward_with_cfg(x, y, s), zu + s * (zc - zu),
-                                   rtol=1e-5, atol=1e-5)  # fmt: skip
+        torch.testing.assert_close(
+            m.forward_with_cfg(x, y, s), zu + s * (zc - zu), rtol=1e-5, atol=1e-5
+        )
 
 
 def test_uvit_unpatchify_is_local(fresh_seed):

@@ -26,8 +26,14 @@ for _k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
     ENV.pop(_k, None)
 
 # tiny, fast: 2-layer 64-wide DiT on 32-token synthetic Markov text
-SMALL = ["data.n=64", "data.length=16", "train.batch_size=8", "train.progress=false",
-         "train.log_every=1", "train.tensorboard=false"]  # fmt: skip
+SMALL = [
+    "data.n=64",
+    "data.length=16",
+    "train.batch_size=8",
+    "train.progress=false",
+    "train.log_every=1",
+    "train.tensorboard=false",
+]
 
 
 def _losses(out_dir) -> dict[int, str]:
@@ -36,15 +42,28 @@ def _losses(out_dir) -> dict[int, str]:
 
 
 def _cli(args, **kw):
-    return subprocess.run([sys.executable, "-m", "mdfast.cli", *args], env=ENV, cwd=ROOT,
-                          capture_output=True, text=True, timeout=300, **kw)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "mdfast.cli", *args],
+        env=ENV,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        **kw,
+    )
 
 
 def test_kill_and_resume_matches_uninterrupted(tmp_path):
     # interpolant objective: random t and masks every step, so the RNG state must be restored
     steps = 60
-    common = ["train", "tiny-interpolant", *SMALL, f"train.steps={steps}", "train.ckpt_every=1",
-              "train.keep_ckpts=2"]  # fmt: skip
+    common = [
+        "train",
+        "tiny-interpolant",
+        *SMALL,
+        f"train.steps={steps}",
+        "train.ckpt_every=1",
+        "train.keep_ckpts=2",
+    ]
     ref_dir, run_dir = tmp_path / "ref", tmp_path / "run"
     ref = _cli([*common, f"train.out_dir={ref_dir}"])
     assert ref.returncode == 0, ref.stderr
@@ -53,8 +72,11 @@ def test_kill_and_resume_matches_uninterrupted(tmp_path):
 
     proc = subprocess.Popen(
         [sys.executable, "-m", "mdfast.cli", *common, f"train.out_dir={run_dir}"],
-        env=ENV, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        env=ENV,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.time() + 120
         while time.time() < deadline:
@@ -91,10 +113,23 @@ def test_torchrun_two_ranks_equals_one_process(tmp_path):
     one = _cli([*args, f"train.out_dir={tmp_path / 'one'}"])
     assert one.returncode == 0, one.stderr
     two = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         "-m", "mdfast.cli", *args, f"train.out_dir={tmp_path / 'two'}"],
-        env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "mdfast.cli",
+            *args,
+            f"train.out_dir={tmp_path / 'two'}",
+        ],
+        env=ENV,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert two.returncode == 0, two.stderr[-3000:]
     a = ckpt_io.load(str(tmp_path / "one" / "ckpt-00000003.pt"))
     b = ckpt_io.load(str(tmp_path / "two" / "ckpt-00000003.pt"))
@@ -137,8 +172,16 @@ def _toy_data(n=64, seed=0):
 
 
 def _cfg(tmp_path, **kw):
-    base = dict(out_dir=str(tmp_path), steps=6, batch_size=8, lr=1e-2, ckpt_every=2,
-                log_every=1, progress=False, tensorboard=False)  # fmt: skip
+    base = dict(
+        out_dir=str(tmp_path),
+        steps=6,
+        batch_size=8,
+        lr=1e-2,
+        ckpt_every=2,
+        log_every=1,
+        progress=False,
+        tensorboard=False,
+    )
     return TrainConfig(**{**base, **kw})
 
 
@@ -191,8 +234,14 @@ def test_failed_save_leaves_previous_checkpoint(tmp_path, monkeypatch):
 
 
 def test_cli_resume_of_corrupt_checkpoint_exits_nonzero(tmp_path, capsys):
-    args = ["train", "tiny-ar", *SMALL, "train.steps=2", "train.ckpt_every=1",
-            f"train.out_dir={tmp_path}"]  # fmt: skip
+    args = [
+        "train",
+        "tiny-ar",
+        *SMALL,
+        "train.steps=2",
+        "train.ckpt_every=1",
+        f"train.out_dir={tmp_path}",
+    ]
     assert cli_main(args) == 0
     (tmp_path / "ckpt-00000002.pt").write_bytes(b"garbage")
     assert cli_main([*args, "train.steps=4", "--resume"]) == 1

@@ -81,6 +81,7 @@ def _objective_defaults(o: dict) -> dict:
 
 _DATA_DEFAULTS = {
     "synthetic-text": {"n": 512, "length": 32, "vocab": 32, "seed": 0, "val_n": 64},
+    "synthetic-grid": {"n": 256, "size": 8, "vocab": 8, "classes": 4, "seed": 0, "val_n": 64},
     "tokens": {"path": "", "val_path": "", "val_fraction": 0.01},
 }
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import torch
-
-from mdfast.experiments.data import load_tokens, synthetic_text
+from mdfast.experiments.data import load_tokens, synthetic_grid, synthetic_text
 
 __all__ = ["OBJECTIVE_DEFAULTS", "build_data", "build_model", "build_objective"]
 
@@ -72,9 +70,22 @@ def build_objective(o: dict, model):
     raise ValueError(f"mdfast: unknown objective.name '{name}'")
 
 
-def build_data(d: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """(train, validation) token tensors."""
+def _split_rows(data, n_train: int):
+    if isinstance(data, dict):
+        return {k: v[:n_train] for k, v in data.items()}, {k: v[n_train:] for k, v in data.items()}
+    return data[:n_train], data[n_train:]
+
+
+def _rows(data) -> int:
+    return len(data["input_ids"]) if isinstance(data, dict) else len(data)
+
+
+def build_data(d: dict):
+    """(train, validation) datasets: token tensors or dicts of tensors."""
     name = d["name"]
+    if name == "synthetic-grid":
+        kw = {k: d[k] for k in ("size", "vocab", "classes", "seed")}
+        return _split_rows(synthetic_grid(d["n"] + d["val_n"], **kw), d["n"])
     if name == "synthetic-text":
         kw = {k: d[k] for k in ("length", "vocab", "seed")}
         full = synthetic_text(d["n"] + d["val_n"], **kw)
@@ -83,6 +94,6 @@ def build_data(d: dict) -> tuple[torch.Tensor, torch.Tensor]:
         train = load_tokens(d["path"])
         if d["val_path"]:
             return train, load_tokens(d["val_path"])
-        n_val = max(1, int(len(train) * d["val_fraction"]))
-        return train[:-n_val], train[-n_val:]
+        n_val = max(1, int(_rows(train) * d["val_fraction"]))
+        return _split_rows(train, _rows(train) - n_val)
     raise ValueError(f"mdfast: unknown data.name '{name}'")

@@ -8,7 +8,7 @@ import os
 import numpy as np
 import torch
 
-__all__ = ["load_tokens", "synthetic_text"]
+__all__ = ["load_tokens", "synthetic_grid", "synthetic_text"]
 
 
 def synthetic_text(
@@ -26,13 +26,32 @@ def synthetic_text(
     return x
 
 
-def load_tokens(path: str) -> torch.Tensor:
-    """Token ids [N, L] from ``.pt`` (a tensor or ``{"input_ids": tensor}``) or ``.npy``."""
+def synthetic_grid(
+    n: int = 256, size: int = 8, vocab: int = 8, classes: int = 4, seed: int = 0, noise: float = 0.1
+) -> dict:
+    """Class-conditional token grids: class k has a fixed random template of ``size × size``
+    tokens; a sample is its class template with a fraction ``noise`` of cells redrawn.
+    Returns ``{"input_ids": [n, size, size], "label": [n]}``."""
+    g = torch.Generator().manual_seed(seed)
+    templates = torch.randint(0, vocab, (classes, size, size), generator=g)
+    label = torch.randint(0, classes, (n,), generator=g)
+    x = templates[label]
+    redraw = torch.rand(x.shape, generator=g) < noise
+    x = torch.where(redraw, torch.randint(0, vocab, x.shape, generator=g), x)
+    return {"input_ids": x, "label": label}
+
+
+def load_tokens(path: str):
+    """Token ids from ``.npy`` ([N, ...]) or ``.pt``: a tensor, or a dict with ``"input_ids"``
+    (and optionally ``"label"``, kept: the dataset is then that dict)."""
     if not path or not os.path.exists(path):
         raise FileNotFoundError(f"mdfast: token file '{path}' not found (set data.path=...)")
     if path.endswith(".npy"):
         return torch.from_numpy(np.load(path).astype(np.int64))
     obj = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(obj, dict):
-        obj = obj["input_ids"]
+        out = {"input_ids": obj["input_ids"].long()}
+        if "label" in obj:
+            out["label"] = obj["label"].long()
+        return out
     return obj.long()

@@ -84,9 +84,11 @@ class ResBlock(nn.Module):
         if emb_ch:
             self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_ch, 2 * out_ch))
         self.out_layers = nn.Sequential(
-            _norm(out_ch), nn.SiLU(), nn.Dropout(dropout),
+            _norm(out_ch),
+            nn.SiLU(),
+            nn.Dropout(dropout),
             _zero(nn.Conv2d(out_ch, out_ch, 3, padding=1)),
-        )  # fmt: skip
+        )
         self.skip = nn.Identity() if out_ch == ch else nn.Conv2d(ch, out_ch, 1)
 
     def forward(self, x, emb):
@@ -186,11 +188,13 @@ class UNet(nn.Module):
                 self.input_blocks.append(_Seq([Downsample()]))
                 chans.append(ch)
                 ds *= 2
-        self.middle_block = _Seq([
-            ResBlock(ch, emb_ch, cfg.dropout),
-            AttentionBlock(ch, cfg.num_head_channels),
-            ResBlock(ch, emb_ch, cfg.dropout),
-        ])  # fmt: skip
+        self.middle_block = _Seq(
+            [
+                ResBlock(ch, emb_ch, cfg.dropout),
+                AttentionBlock(ch, cfg.num_head_channels),
+                ResBlock(ch, emb_ch, cfg.dropout),
+            ]
+        )
         self.output_blocks = nn.ModuleList()
         for level, mult in list(enumerate(cfg.channel_mult))[::-1]:
             for i in range(cfg.num_res_blocks + 1):
