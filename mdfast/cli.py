@@ -146,14 +146,18 @@ def main(argv: list[str] | None = None) -> int:
     from mdfast.train import CheckpointError, NonFiniteLossError
 
     args = _parser().parse_args(argv)
+    clean = False  # set once every rank is known to leave normally (or with the same error)
     try:
         if args.command == "presets":
             from mdfast.experiments import preset_names
 
             print("\n".join(preset_names()))
             return 0
-        return {"train": _train, "eval": _eval}[args.command](args)
+        rc = {"train": _train, "eval": _eval}[args.command](args)
+        clean = True
+        return rc
     except (ConfigError, CheckpointError, NonFiniteLossError, FileNotFoundError) as e:
+        clean = True  # raised identically on every rank (shared files, all-reduced loss)
         if int(os.environ.get("RANK", 0)) == 0:
             print(f"error: {e}", file=sys.stderr)
         return 2 if isinstance(e, ConfigError) else 1
@@ -162,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
             import torch.distributed as dist
 
             if dist.is_available() and dist.is_initialized():
+                if clean:
+                    dist.barrier()  # leave together: gloo aborts if a peer vanishes mid-teardown
                 dist.destroy_process_group()
         except Exception:
             pass

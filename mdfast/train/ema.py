@@ -9,6 +9,10 @@ from torch import nn
 __all__ = ["EMA"]
 
 
+def _full(t: torch.Tensor) -> torch.Tensor:
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
 class EMA:
     """``shadow ← d·shadow + (1−d)·param`` after each optimiser step, fp32 shadows.
 
@@ -41,10 +45,11 @@ class EMA:
             p.copy_(s.to(p.dtype))
 
     def state_dict(self) -> dict:
+        """Full (unsharded) shadows; with FSDP2 every rank must call this (it gathers)."""
         return {
             "decay": self.decay,
             "num_updates": self.num_updates,
-            "shadow_params": [s.clone() for s in self.shadow_params],
+            "shadow_params": [_full(s).clone().cpu() for s in self.shadow_params],
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -56,4 +61,10 @@ class EMA:
         self.decay = state["decay"]
         self.num_updates = state["num_updates"]
         for s, v in zip(self.shadow_params, shadow, strict=True):
-            s.copy_(v)
+            if hasattr(s, "device_mesh"):  # FSDP2 DTensor shard
+                from torch.distributed.tensor import distribute_tensor
+
+                v = distribute_tensor(v.to(s.device), s.device_mesh, s.placements)
+                s.copy_(v)
+            else:
+                s.copy_(v)

@@ -73,6 +73,7 @@ class TrainConfig:
     tensorboard: bool = True
     wandb: bool = False
     device: str = ""  # "" = cuda:<local_rank> when available, else cpu
+    fsdp: bool = False  # FSDP2 (fully_shard per transformer block + root) instead of DDP
 
 
 # ---------------------------------------------------------------------------------------------
@@ -255,6 +256,20 @@ def _unwrap(m: nn.Module) -> nn.Module:
     return m.module if isinstance(m, nn.parallel.DistributedDataParallel) else m
 
 
+def _apply_fsdp(objective: nn.Module, world: int) -> None:
+    """FSDP2: shard every block of every ``blocks`` ModuleList, then the root."""
+    from torch.distributed.fsdp import fully_shard
+
+    if world < 2:
+        raise ValueError("mdfast: 'fsdp' needs torchrun with at least 2 processes")
+    for m in objective.modules():
+        blocks = getattr(m, "blocks", None)
+        if isinstance(blocks, nn.ModuleList):
+            for b in blocks:
+                fully_shard(b)
+    fully_shard(objective)
+
+
 def train(objective: nn.Module, dataset, cfg: TrainConfig, *, full_config: dict | None = None):
     """Train ``objective`` on ``dataset``; returns ``{"step", "losses", "checkpoint"}``.
 
@@ -265,6 +280,8 @@ def train(objective: nn.Module, dataset, cfg: TrainConfig, *, full_config: dict 
         raise ValueError(f"mdfast: unknown precision '{cfg.precision}'; valid: ['bf16', 'fp32']")
     lr_lambda(cfg)(0)  # validates lr_schedule
     objective.to(dev)
+    if cfg.fsdp:
+        _apply_fsdp(objective, world)
     data = StepBatches(dataset, cfg.batch_size, cfg.grad_accum, rank, world, cfg.seed)
     params = [p for p in objective.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(
@@ -279,8 +296,24 @@ def train(objective: nn.Module, dataset, cfg: TrainConfig, *, full_config: dict 
         resume_path = ckpt_io.latest_checkpoint(cfg.out_dir) if cfg.resume == "auto" else cfg.resume
     if resume_path:
         state = ckpt_io.load(resume_path)
-        objective.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
+        if cfg.fsdp != bool(state.get("fsdp", False)):
+            raise ckpt_io.CheckpointError(
+                f"mdfast: checkpoint {resume_path} was written with fsdp={state.get('fsdp', False)}"
+                f", this run uses fsdp={cfg.fsdp}"
+            )
+        if cfg.fsdp:
+            from torch.distributed.checkpoint.state_dict import (
+                StateDictOptions,
+                set_model_state_dict,
+                set_optimizer_state_dict,
+            )
+
+            opts = StateDictOptions(full_state_dict=True)
+            set_model_state_dict(objective, state["model"], options=opts)
+            set_optimizer_state_dict(objective, opt, state["optimizer"], options=opts)
+        else:
+            objective.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         if ema is not None and state.get("ema") is not None:
             ema.load_state_dict(state["ema"])
@@ -307,7 +340,7 @@ def train(objective: nn.Module, dataset, cfg: TrainConfig, *, full_config: dict 
         np.random.seed((cfg.seed + rank) % 2**32)  # noqa: NPY002
 
     model: nn.Module = objective
-    if world > 1:
+    if world > 1 and not cfg.fsdp:
         model = nn.parallel.DistributedDataParallel(
             objective, device_ids=[dev.index] if dev.type == "cuda" else None
         )
@@ -333,11 +366,25 @@ def train(objective: nn.Module, dataset, cfg: TrainConfig, *, full_config: dict 
             dist.all_gather_object(gathered, rng[0])
             rng = gathered
         path = None
+        if cfg.fsdp:  # collective: every rank takes part in gathering the full state
+            from torch.distributed.checkpoint.state_dict import (
+                StateDictOptions,
+                get_model_state_dict,
+                get_optimizer_state_dict,
+            )
+
+            opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+            model_sd = get_model_state_dict(objective, options=opts)
+            opt_sd = get_optimizer_state_dict(objective, opt, options=opts)
+        else:
+            model_sd = opt_sd = None
+        ema_sd = ema.state_dict() if ema is not None else None
         if rank == 0:
             state = {
-                "model": _unwrap(objective).state_dict(),
-                "ema": ema.state_dict() if ema is not None else None,
-                "optimizer": opt.state_dict(),
+                "model": model_sd if cfg.fsdp else _unwrap(objective).state_dict(),
+                "ema": ema_sd,
+                "optimizer": opt_sd if cfg.fsdp else opt.state_dict(),
+                "fsdp": cfg.fsdp,
                 "scheduler": sched.state_dict(),
                 "step": step,
                 "rng": rng,
@@ -365,7 +412,11 @@ def train(objective: nn.Module, dataset, cfg: TrainConfig, *, full_config: dict 
                 n_samples += data.micro
                 n_tokens += _count_tokens(batch)
                 sync = micro == cfg.grad_accum - 1 or world == 1
-                ctx = contextlib.nullcontext() if sync else model.no_sync()
+                if cfg.fsdp:
+                    objective.set_requires_gradient_sync(sync)
+                    ctx = contextlib.nullcontext()
+                else:
+                    ctx = contextlib.nullcontext() if sync else model.no_sync()
                 with ctx:
                     with _nvtx("forward", nvtx_on), autocast:
                         loss, metrics = model(batch)
