@@ -74,10 +74,10 @@ def _extensions():
         ext = CUDAExtension
     else:
         ext = CppExtension
-    print(
-        f"mdfast: building CPU kernels{' and CUDA kernels' if with_cuda else ''} "
-        f"({len(sources)} sources)"
-    )
+    what = "CPU kernels"
+    if with_cuda:
+        what += f" and CUDA kernels (nvcc in {CUDA_HOME}, TORCH_CUDA_ARCH_LIST={arch_list})"
+    print(f"mdfast: building {what}: {' '.join(sources)}")
     return [
         ext(
             name="mdfast._C",

@@ -111,6 +111,234 @@ def uniform(
 # masked cross-entropy (issue 3)
 # ---------------------------------------------------------------------------------------------
 
+_CE_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+
+
+def _check_masked_ce_args(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    exclude_index: int,
+    logits_name: str = "logits",
+    weight_name: str = "weight",
+) -> None:
+    """The checks the kernels make (csrc/common/masked_ce_args.h), for the reference path."""
+    if logits.dim() != 2:
+        raise RuntimeError(
+            f"mdfast: argument '{logits_name}' must be 2-dimensional, got shape "
+            f"{list(logits.shape)}"
+        )
+    if logits.dtype not in _CE_DTYPES:
+        raise RuntimeError(
+            f"mdfast: argument '{logits_name}' must have dtype float32, bfloat16, float16 or "
+            f"float64, got {logits.dtype}"
+        )
+    n, v = logits.shape
+    _check_rows(n, v, logits.device, target, weight, exclude_index, logits_name, weight_name)
+
+
+def _check_rows(n, v, device, target, weight, exclude_index, ref_name, weight_name) -> None:
+    if target.dtype != torch.int64:
+        raise RuntimeError(
+            f"mdfast: argument 'target' must have dtype torch.int64, got {target.dtype}"
+        )
+    if target.dim() != 1 or target.shape[0] != n:
+        raise RuntimeError(
+            f"mdfast: argument 'target' must have shape [{n}], got {list(target.shape)}"
+        )
+    if target.device != device:
+        raise RuntimeError(
+            f"mdfast: argument 'target' is on {target.device} but '{ref_name}' is on {device}"
+        )
+    if weight is not None:
+        if weight.dtype not in (torch.float32, torch.float64):
+            raise RuntimeError(
+                f"mdfast: argument '{weight_name}' must have dtype torch.float32 or "
+                f"torch.float64, got {weight.dtype}"
+            )
+        if weight.dim() != 1 or weight.shape[0] != n:
+            raise RuntimeError(
+                f"mdfast: argument '{weight_name}' must have shape [{n}], got {list(weight.shape)}"
+            )
+        if weight.device != device:
+            raise RuntimeError(
+                f"mdfast: argument '{weight_name}' is on {weight.device} but '{ref_name}' "
+                f"is on {device}"
+            )
+    if not -1 <= exclude_index < max(v, 1) or (v == 0 and exclude_index != -1):
+        raise ValueError(
+            f"mdfast: argument 'exclude_index' must be -1 or in [0, {v}), got {exclude_index}"
+        )
+    if n == 0:
+        return
+    if weight is not None:
+        negative = (weight < 0).nonzero()
+        if negative.numel():
+            row = int(negative[0, 0])
+            raise ValueError(
+                f"mdfast: argument '{weight_name}' must be non-negative, got "
+                f"{weight[row].item()} at row {row}"
+            )
+        active = weight != 0
+    else:
+        active = torch.ones_like(target, dtype=torch.bool)
+    bad = active & ((target < 0) | (target >= v))
+    if bad.any():
+        row = int(bad.nonzero()[0, 0])
+        raise ValueError(
+            f"mdfast: argument 'target' must be in [0, {v}) on rows with nonzero weight, got "
+            f"{int(target[row])} at row {row}"
+        )
+    if exclude_index >= 0:
+        bad = active & (target == exclude_index)
+        if bad.any():
+            row = int(bad.nonzero()[0, 0])
+            raise ValueError(
+                f"mdfast: argument 'target' equals exclude_index={exclude_index} at row {row}, "
+                "which has nonzero weight"
+            )
+
+
+def _check_no_grad(t: torch.Tensor | None, name: str) -> None:
+    if t is not None and t.requires_grad and torch.is_grad_enabled():
+        raise ValueError(
+            f"mdfast: argument '{name}' must not require grad (the loss is not differentiated "
+            f"with respect to it); pass {name}.detach()"
+        )
+
+
+def masked_ce(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    exclude_index: int = -1,
+    inplace_backward: bool = False,
+) -> torch.Tensor:
+    """Fused weighted cross-entropy per row, one class left out of the softmax:
+
+        loss[n] = w[n] * (logsumexp_{j != exclude_index} z[n, j] - z[n, target[n]])
+        d loss[n] / d z[n, j] = w[n] * (softmax_{j != exclude}(z[n])_j - [j == target[n]]),
+                                0 for j = exclude_index
+
+    One pass over each row (online softmax, fp32 accumulation); the forward keeps one logsumexp
+    per row for the backward. Rows with ``w == 0`` are never read: loss 0, gradient 0, and their
+    target is ignored. A NaN or +inf logit in a row makes that row's loss NaN (other rows are
+    unaffected).
+
+    Args:
+        logits: [N, V] float32, bfloat16, float16 (or float64, for gradcheck).
+        target: int64[N], in [0, V) and != exclude_index on rows with nonzero weight.
+        weight: float32[N] (float64 accepted), non-negative, or None for all ones. Treated as a
+            constant: it gets no gradient.
+        exclude_index: class left out of the softmax (MDLM's mask token), or -1 for none.
+        inplace_backward: the backward writes the gradient into ``logits``' own buffer instead
+            of a new one (saves one N x V buffer). ``logits`` are consumed: after backward they
+            hold the gradient, and any other use of them in the autograd graph raises. Under
+            ``torch.compile`` the backward is out of place.
+
+    Returns:
+        float32[N] (float64 for float64 logits).
+    """
+    _check_no_grad(weight, "weight")
+    if has_kernel(logits.device) and hasattr(torch.ops.mdfast, "masked_ce"):
+        return torch.ops.mdfast.masked_ce(logits, target, weight, exclude_index, inplace_backward)[
+            0
+        ]
+    _check_masked_ce_args(logits, target, weight, exclude_index)
+    return reference.masked_ce(logits, target, weight, exclude_index)
+
+
+def linear_masked_ce(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    target: torch.Tensor,
+    row_weight: torch.Tensor,
+    exclude_index: int = -1,
+    chunk_rows: int | None = None,
+) -> torch.Tensor:
+    """Output projection fused with :func:`masked_ce`:
+
+        loss[n] = masked_ce(hidden @ weight.T + bias, target, row_weight, exclude_index)[n]
+
+    Only rows with nonzero ``row_weight`` are multiplied, ``chunk_rows`` of them at a time, so
+    logits never exist for all rows at once (memory O(chunk_rows x V), not O(N x V)).
+    Gradients flow to ``hidden``, ``weight`` and ``bias`` (accumulated in float32 across chunks).
+
+    Args:
+        hidden: [N, D] float32 / bfloat16 / float16 (float64 for gradcheck).
+        weight: [V, D], same dtype and device.
+        bias: [V] or None.
+        target: int64[N]; row_weight: float32[N] non-negative (a constant: no gradient).
+        exclude_index: class left out of the softmax, or -1.
+        chunk_rows: rows per chunk; None picks about 2^24 / V.
+
+    Returns:
+        float32[N] (float64 for float64 inputs).
+    """
+    _check_no_grad(row_weight, "row_weight")
+    if chunk_rows is not None and (isinstance(chunk_rows, bool) or chunk_rows <= 0):
+        raise ValueError(f"mdfast: argument 'chunk_rows' must be a positive int, got {chunk_rows}")
+    if has_kernel(hidden.device) and hasattr(torch.ops.mdfast, "linear_masked_ce"):
+        return torch.ops.mdfast.linear_masked_ce(
+            hidden, weight, bias, target, row_weight, exclude_index, chunk_rows
+        )[0]
+    _check_linear_masked_ce_args(hidden, weight, bias, target, row_weight, exclude_index)
+    return reference.linear_masked_ce(hidden, weight, bias, target, row_weight, exclude_index)
+
+
+def _check_linear_masked_ce_args(hidden, weight, bias, target, row_weight, exclude_index):
+    for t, name in ((hidden, "hidden"), (weight, "weight")):
+        if t.dim() != 2:
+            raise RuntimeError(
+                f"mdfast: argument '{name}' must be 2-dimensional, got shape {list(t.shape)}"
+            )
+    if hidden.dtype not in _CE_DTYPES:
+        raise RuntimeError(
+            "mdfast: argument 'hidden' must have dtype float32, bfloat16, float16 or float64, "
+            f"got {hidden.dtype}"
+        )
+    if weight.dtype != hidden.dtype:
+        raise RuntimeError(
+            f"mdfast: argument 'weight' must have dtype {hidden.dtype} (that of 'hidden'), got "
+            f"{weight.dtype}"
+        )
+    if weight.shape[1] != hidden.shape[1]:
+        raise RuntimeError(
+            f"mdfast: argument 'weight' must have shape [V, {hidden.shape[1]}], got "
+            f"{list(weight.shape)}"
+        )
+    if weight.device != hidden.device:
+        raise RuntimeError(
+            f"mdfast: argument 'weight' is on {weight.device} but 'hidden' is on {hidden.device}"
+        )
+    if bias is not None:
+        if bias.dtype != hidden.dtype:
+            raise RuntimeError(
+                f"mdfast: argument 'bias' must have dtype {hidden.dtype}, got {bias.dtype}"
+            )
+        if bias.dim() != 1 or bias.shape[0] != weight.shape[0]:
+            raise RuntimeError(
+                f"mdfast: argument 'bias' must have shape [{weight.shape[0]}], got "
+                f"{list(bias.shape)}"
+            )
+        if bias.device != hidden.device:
+            raise RuntimeError(
+                f"mdfast: argument 'bias' is on {bias.device} but 'hidden' is on {hidden.device}"
+            )
+    if row_weight is None:
+        raise RuntimeError("mdfast: argument 'row_weight' must be a tensor, got None")
+    _check_rows(
+        hidden.shape[0],
+        weight.shape[0],
+        hidden.device,
+        target,
+        row_weight,
+        exclude_index,
+        "hidden",
+        "row_weight",
+    )
+
 
 # ---------------------------------------------------------------------------------------------
 # sampling (issue 4)

@@ -100,6 +100,98 @@ def uniform(
 # ---------------------------------------------------------------------------------------------
 
 
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def masked_ce(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    exclude_index: int = -1,
+) -> torch.Tensor:
+    """Weighted cross-entropy per row with one class left out of the softmax:
+
+        loss[n] = w[n] * (logsumexp_{j != exclude_index} z[n, j] - z[n, target[n]])
+
+    computed the straightforward way: upcast (float64 stays float64, everything else to
+    float32), set the excluded column to -inf, ``log_softmax``, ``gather``, multiply by ``w``.
+    ``weight=None`` means 1. Rows with ``w == 0`` are zeroed before the softmax (never read: a
+    NaN there does not leak into the loss or the gradient) and get loss 0; their target is not
+    used. Returns float64 for float64 logits, float32 otherwise.
+    """
+    acc = _acc_dtype(logits.dtype)
+    z = logits.to(acc)
+    owned = z is not logits
+    if weight is not None:
+        keep = weight != 0
+        z = torch.where(keep[:, None], z, 0.0)
+        target = torch.where(keep, target, 0)
+        owned = True
+    if exclude_index >= 0:
+        idx = torch.tensor([exclude_index], device=z.device)
+        z = z.index_fill_(1, idx, float("-inf")) if owned else z.index_fill(1, idx, float("-inf"))
+    nll = -z.log_softmax(-1).gather(1, target[:, None]).squeeze(1)
+    if weight is None:
+        return nll
+    return torch.where(keep, weight.to(acc) * nll, 0.0)
+
+
+def masked_ce_cross_entropy(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    exclude_index: int = -1,
+) -> torch.Tensor:
+    """:func:`masked_ce` through ``torch.nn.functional.cross_entropy(reduction="none")`` (the
+    benchmarks' "PyTorch" baseline): excluded column set to -inf on an upcast copy, then
+    ``w * cross_entropy``. Unlike :func:`masked_ce`, zero-weight rows are read."""
+    z = logits.to(_acc_dtype(logits.dtype))
+    if exclude_index >= 0:
+        z = z.index_fill(1, torch.tensor([exclude_index], device=z.device), float("-inf"))
+    loss = torch.nn.functional.cross_entropy(z, target, reduction="none")
+    return loss if weight is None else weight.to(loss.dtype) * loss
+
+
+def linear_masked_ce(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    target: torch.Tensor,
+    row_weight: torch.Tensor,
+    exclude_index: int = -1,
+) -> torch.Tensor:
+    """Unfused output projection + :func:`masked_ce`: ``logits = hidden @ weight.T + bias`` for
+    every row (in the inputs' dtype, N x V), then the masked cross-entropy of each row."""
+    logits = torch.nn.functional.linear(hidden, weight, bias)
+    return masked_ce(logits, target, row_weight, exclude_index)
+
+
+MDLM_NEG_INFINITY = -1000000.0
+
+
+def mdlm_subs_loss(
+    logits: torch.Tensor, x0: torch.Tensor, xt: torch.Tensor, mask_index: int, t: torch.Tensor
+) -> torch.Tensor:
+    """MDLM's own per-token SUBS loss for the log-linear schedule, transcribed from
+    ``kuleshov-group/mdlm`` ``diffusion.py`` (``_subs_parameterization`` then
+    ``_forward_pass_diffusion``): add -1e6 to the mask logit, subtract the logsumexp, overwrite
+    unmasked rows with -1e6 except 0 at the observed token (carry-over), gather ``x0`` and weight
+    ``-log p`` by ``dsigma / expm1(sigma)`` (``= 1/t``). ``logits [B, L, V]``, ``x0, xt [B, L]``,
+    ``t [B]``; returns ``[B, L]`` in the upcast dtype."""
+    logits = logits.to(_acc_dtype(logits.dtype)).clone()
+    logits[:, :, mask_index] += MDLM_NEG_INFINITY
+    logits = logits - torch.logsumexp(logits, dim=-1, keepdim=True)
+    unmasked = xt != mask_index
+    logits[unmasked] = MDLM_NEG_INFINITY
+    logits[unmasked, xt[unmasked]] = 0
+    log_p_theta = torch.gather(logits, -1, x0[:, :, None]).squeeze(-1)
+    eps = 1e-3
+    sigma = -torch.log1p(-(1 - eps) * t)
+    dsigma = (1 - eps) / (1 - (1 - eps) * t)
+    return -log_p_theta * (dsigma / torch.expm1(sigma))[:, None]
+
+
 # ---------------------------------------------------------------------------------------------
 # sampling (issue 4)
 # ---------------------------------------------------------------------------------------------
