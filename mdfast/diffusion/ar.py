@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
-from mdfast.diffusion.base import Objective, masked_mean, unpack
+from mdfast.diffusion.base import Objective, token_mean, unpack
 
 __all__ = ["AR"]
 
@@ -21,5 +21,5 @@ class AR(Objective):
         nll = F.cross_entropy(
             logits.reshape(-1, logits.shape[-1]).float(), x0[:, 1:].reshape(-1), reduction="none"
         ).view(x0.shape[0], -1)
-        loss = masked_mean(nll, None if attn is None else attn[:, 1:])
+        loss = token_mean(nll, None if attn is None else attn[:, 1:])
         return loss, {"nll": loss.detach(), "ppl": loss.detach().exp()}

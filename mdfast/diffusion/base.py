@@ -12,7 +12,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["Objective", "masked_mean", "sample_t", "unpack"]
+from mdfast.losses import token_mean
+from mdfast.schedules import sample_t
+
+__all__ = ["Objective", "sample_t", "token_mean", "unpack"]
 
 
 def unpack(batch) -> tuple[torch.Tensor, torch.Tensor | None, dict]:
@@ -25,22 +28,6 @@ def unpack(batch) -> tuple[torch.Tensor, torch.Tensor | None, dict]:
     if isinstance(batch, (list, tuple)):
         return batch[0], None, {"label": batch[1]} if len(batch) > 1 else {}
     raise TypeError(f"mdfast: unsupported batch type {type(batch).__name__}")
-
-
-def sample_t(n: int, device, eps: float = 1e-3, antithetic: bool = True) -> torch.Tensor:
-    """MDLM's ``_sample_t``: t ∈ [eps, 1]; antithetic = stratified ``(u/n + i/n) mod 1``."""
-    u = torch.rand(n, device=device)
-    if antithetic:
-        u = (u / n + torch.arange(n, device=device) / n) % 1
-    return (1 - eps) * u + eps
-
-
-def masked_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Σ values·mask / Σ mask (MDLM's token mean over the attention mask)."""
-    if mask is None:
-        return values.mean()
-    mask = mask.to(values.dtype)
-    return (values * mask).sum() / mask.sum().clamp_min(1)
 
 
 class Objective(nn.Module):

@@ -12,8 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mdfast.diffusion.base import masked_mean, unpack
-from mdfast.diffusion.mdlm import MDLM, mask_tokens, schedule_alpha
+from mdfast.diffusion.mdlm import MDLM
 
 __all__ = ["IMDM", "EpsilonMLP", "IMDMBackbone", "imdm_posterior", "imdm_update"]
 
@@ -66,12 +65,22 @@ class IMDMBackbone(nn.Module):
     def head(self, hidden, rows=None):
         return self.dit.head(hidden, rows)
 
+    @property
+    def head_weight(self):
+        return self.dit.head_weight
+
+    @property
+    def head_bias(self):
+        return self.dit.head_bias
+
     def forward(self, xt, sigma=None, eps=None):
         return self.head(self.trunk(xt, sigma, eps))
 
 
 class IMDM(MDLM):
-    """MDLM SUBS loss through an :class:`IMDMBackbone` with fresh ε ~ U[−1,1]^D·scale."""
+    """MDLM SUBS loss through an :class:`IMDMBackbone`, which draws a fresh ε ~ U[−1,1]^D·scale
+    for every position on every call (after t and the mask, so with a zero ε-MLP the loss equals
+    MDLM's under the same seed). ``fused=True`` works too (the backbone has trunk/head)."""
 
     def __init__(
         self,
@@ -84,18 +93,6 @@ class IMDM(MDLM):
         if not isinstance(model, IMDMBackbone):
             model = IMDMBackbone(model, mask_index, noise_dim, noise_scale)
         super().__init__(model, mask_index, **kwargs)
-
-    def forward(self, batch):
-        from mdfast.losses import subs_loss
-
-        x0, attn, _ = unpack(batch)
-        t = self.sample_t(x0.shape[0], x0.device)
-        alpha_t = schedule_alpha(self.schedule, t)
-        xt = mask_tokens(x0, 1 - alpha_t, self.mask_index)
-        logits = self.model(xt, -torch.log(alpha_t))
-        per_token = subs_loss(logits, x0, xt, self.mask_index, t, self.schedule)
-        loss = masked_mean(per_token, attn)
-        return loss, {"nelbo": loss.detach()}
 
 
 def imdm_posterior(alpha_t, alpha_s):

@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import torch
 
-from mdfast.diffusion.base import Objective, masked_mean, sample_t, unpack
+from mdfast import ops
+from mdfast.diffusion.base import Objective, sample_t, token_mean, unpack
+from mdfast.losses import subs_loss
+from mdfast.schedules import Schedule, get_schedule
 
-__all__ = ["MDLM", "default_schedule", "mask_tokens", "schedule_alpha"]
-
-
-def default_schedule():
-    from mdfast.schedules import LogLinear
-
-    return LogLinear()
+__all__ = ["MDLM", "discretize_t", "mask_tokens", "resolve_schedule"]
 
 
-def schedule_alpha(schedule, t: torch.Tensor) -> torch.Tensor:
-    """α_t of ``schedule`` (the schedules of :mod:`mdfast.schedules`)."""
-    return schedule.alpha(t)
+def resolve_schedule(schedule: Schedule | str | None) -> Schedule:
+    """A :class:`mdfast.schedules.Schedule`, by name (``"loglinear"``, ``"cosine"``, …) or as is;
+    None = MDLM's log-linear."""
+    if schedule is None:
+        return get_schedule("loglinear")
+    return get_schedule(schedule) if isinstance(schedule, str) else schedule
 
 
 def mask_tokens(x0: torch.Tensor, move_chance: torch.Tensor, mask_index: int) -> torch.Tensor:
@@ -49,31 +49,51 @@ class MDLM(Objective):
         T: int = 0,
         antithetic: bool = True,
         sampling_eps: float = 1e-3,
-        schedule=None,
+        schedule: Schedule | str | None = None,
+        fused: bool = False,
     ):
         super().__init__(model)
         self.mask_index = mask_index
         self.T = T
         self.antithetic = antithetic
         self.sampling_eps = sampling_eps
-        self.schedule = schedule if schedule is not None else default_schedule()
+        self.schedule = resolve_schedule(schedule)
+        self.fused = fused
 
     def sample_t(self, n: int, device) -> torch.Tensor:
-        t = sample_t(n, device, self.sampling_eps, self.antithetic)
+        t = sample_t(n, eps=self.sampling_eps, antithetic=self.antithetic, device=device)
         return discretize_t(t, self.T) if self.T > 0 else t
 
-    def logits(self, xt: torch.Tensor, alpha_t: torch.Tensor) -> torch.Tensor:
-        sigma = -torch.log(alpha_t)
-        return self.model(xt, sigma)
+    def per_token(self, x0, xt, t, sigma) -> torch.Tensor:
+        """SUBS loss per token. ``fused``: the backbone's trunk, then the output projection fused
+        with the masked CE (:func:`mdfast.ops.linear_masked_ce`), so logits are computed only
+        for masked rows, a chunk at a time; needs ``model.trunk`` / ``head_weight`` /
+        ``head_bias`` (the DiT and the IMDM backbone have them)."""
+        if not self.fused:
+            logits = self.model(xt, sigma)
+            return subs_loss(logits, x0, xt, self.mask_index, t, self.schedule)
+        hidden = self.model.trunk(xt, sigma)
+        w, b = self.model.head_weight, self.model.head_bias
+        dev = hidden.device.type
+        dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else w.dtype
+        masked = xt == self.mask_index
+        tt = t.detach().reshape(-1, *([1] * (xt.dim() - 1))).float()
+        row_w = torch.where(masked, self.schedule.loss_weight(tt), 0.0).reshape(-1)
+        loss = ops.linear_masked_ce(
+            hidden.reshape(-1, hidden.shape[-1]).to(dtype),
+            w.to(dtype),
+            None if b is None else b.to(dtype),
+            x0.reshape(-1),
+            row_w,
+            exclude_index=self.mask_index,
+        )
+        return loss.reshape(xt.shape)
 
     def forward(self, batch):
-        from mdfast.losses import subs_loss
-
         x0, attn, _ = unpack(batch)
         t = self.sample_t(x0.shape[0], x0.device)
-        alpha_t = schedule_alpha(self.schedule, t)
-        xt = mask_tokens(x0, 1 - alpha_t, self.mask_index)
-        logits = self.logits(xt, alpha_t)
-        per_token = subs_loss(logits, x0, xt, self.mask_index, t, self.schedule)
-        loss = masked_mean(per_token, attn)
-        return loss, {"nelbo": loss.detach(), "masked_frac": (xt == self.mask_index).float().mean()}
+        sigma, _ = self.schedule.sigma(t)
+        xt = mask_tokens(x0, self.schedule.move_chance(t), self.mask_index)
+        loss = token_mean(self.per_token(x0, xt, t, sigma), attn)
+        masked_frac = (xt == self.mask_index).float().mean()
+        return loss, {"nelbo": loss.detach(), "masked_frac": masked_frac}

@@ -6,8 +6,8 @@ import math
 
 import torch
 
-from mdfast.diffusion.base import Objective, masked_mean, sample_t, unpack
-from mdfast.diffusion.mdlm import default_schedule, mask_tokens, schedule_alpha
+from mdfast.diffusion.base import Objective, sample_t, token_mean, unpack
+from mdfast.diffusion.mdlm import mask_tokens, resolve_schedule
 
 __all__ = ["SEDD", "score_entropy", "sedd_log_score"]
 
@@ -24,12 +24,13 @@ def score_entropy(log_score, sigma, xt, x0, mask_index: int) -> torch.Tensor:
     """Per-token score entropy (zero at unmasked positions):
     Σ_{y≠m} s(y) − r·log s(x0) + r(log r − 1), r = 1/(e^σ − 1)."""
     masked = xt == mask_index
-    r = 1.0 / torch.expm1(sigma)[:, None].expand_as(xt)[masked]
-    ls = log_score[masked].float()
+    acc = torch.promote_types(log_score.dtype, torch.float32)
+    r = (1.0 / torch.expm1(sigma.to(acc)))[:, None].expand_as(xt)[masked]
+    ls = log_score[masked].to(acc)
     neg = r * ls.gather(-1, x0[masked][:, None]).squeeze(-1)
     score = ls.exp()
     pos = score.sum(-1) - score[:, mask_index]
-    ent = torch.zeros(xt.shape, device=xt.device, dtype=torch.float32)
+    ent = torch.zeros(xt.shape, device=xt.device, dtype=acc)
     ent[masked] = pos - neg + r * (r.log() - 1)
     return ent
 
@@ -49,22 +50,17 @@ class SEDD(Objective):
         self.mask_index = mask_index
         self.antithetic = antithetic
         self.sampling_eps = sampling_eps
-        self.schedule = schedule if schedule is not None else default_schedule()
+        self.schedule = resolve_schedule(schedule)
 
     def forward(self, batch):
         x0, attn, _ = unpack(batch)
-        t = sample_t(x0.shape[0], x0.device, self.sampling_eps, self.antithetic)
-        t = t.requires_grad_(True)
-        with torch.enable_grad():
-            alpha = schedule_alpha(self.schedule, t)
-            (dalpha,) = torch.autograd.grad(alpha.sum(), t)
-        alpha = alpha.detach()
-        sigma = -torch.log(alpha)
-        dsigma = -dalpha / alpha  # dσ/dt
-        xt = mask_tokens(x0, 1 - alpha, self.mask_index)
+        n = x0.shape[0]
+        t = sample_t(n, eps=self.sampling_eps, antithetic=self.antithetic, device=x0.device)
+        sigma, dsigma = self.schedule.sigma(t)
+        xt = mask_tokens(x0, self.schedule.move_chance(t), self.mask_index)
         logits = self.model(xt, sigma)
         ent = score_entropy(
             sedd_log_score(logits.float(), xt, sigma), sigma, xt, x0, self.mask_index
         )
-        loss = masked_mean(dsigma[:, None] * ent, attn)
+        loss = token_mean(dsigma[:, None] * ent, attn)
         return loss, {"score_entropy": loss.detach()}

@@ -6,12 +6,12 @@ from mdfast.experiments.data import load_tokens, synthetic_grid, synthetic_text
 
 __all__ = ["OBJECTIVE_DEFAULTS", "build_data", "build_model", "build_objective"]
 
-_DIFF = {"antithetic": True, "sampling_eps": 1e-3}
+_DIFF = {"antithetic": True, "sampling_eps": 1e-3, "schedule": "loglinear"}
 OBJECTIVE_DEFAULTS: dict[str, dict] = {
-    "mdlm": {"mask_index": -1, "T": 0, **_DIFF},
+    "mdlm": {"mask_index": -1, "T": 0, "fused": False, **_DIFF},
     "sedd": {"mask_index": -1, **_DIFF},
     "ar": {},
-    "imdm": {"mask_index": -1, "T": 0, "noise_dim": 0, "noise_scale": 1.0, **_DIFF},
+    "imdm": {"mask_index": -1, "T": 0, "fused": False, "noise_dim": 0, "noise_scale": 1.0, **_DIFF},
     "interpolant": {
         "mask_index": -1,
         "kappa": "linear",
