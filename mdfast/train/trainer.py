@@ -202,7 +202,12 @@ class _Logs:
                 rows = list(csv.DictReader(f))
             if rows:
                 self.fields = list(rows[0].keys())
-            keep = [r for r in rows if int(r["step"]) <= resume_step]
+            # a row torn by a kill has missing fields: drop it with the rows after the resume
+            keep = [
+                r
+                for r in rows
+                if None not in r.values() and "" not in r.values() and int(r["step"]) <= resume_step
+            ]
             with open(self.path, "w", newline="") as f:
                 if self.fields:
                     w = csv.DictWriter(f, fieldnames=self.fields)
