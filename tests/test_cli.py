@@ -103,3 +103,24 @@ def test_train_then_eval(tmp_path, capsys):
     res = json.loads(out.strip().splitlines()[-1])
     assert res["checkpoint"].endswith("ckpt-00000003.pt") and res["batches"] == 2
     assert 0 < res["loss"] < 10
+
+
+def test_eval_from_mdlm_directory(tmp_path, capsys):
+    """`model.init_from=<HF-layout dir>` loads MDLM weights with no conversion step."""
+    import torch
+
+    from mdfast.models import DiT
+
+    torch.manual_seed(0)
+    dit = DiT("tiny", vocab_size=33)
+    with torch.no_grad():
+        for p in dit.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    dit.save_mdlm(tmp_path / "mdlm")
+    base = ["eval", "tiny-mdlm", "eval.batches=2", f"train.out_dir={tmp_path / 'none'}"]
+    rc, out, err = _run([*base, f"model.init_from={tmp_path / 'mdlm'}"], capsys)
+    assert rc == 0, err
+    loaded = json.loads(out.strip().splitlines()[-1])
+    rc, out, err = _run(base, capsys)
+    fresh = json.loads(out.strip().splitlines()[-1])
+    assert loaded["checkpoint"] is None and loaded["loss"] != fresh["loss"]

@@ -239,3 +239,14 @@ def test_flash_matches_sdpa(fresh_seed):
         m.config.attn_backend = "flash"
         b = m(x).float()
     torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-2)
+
+
+def test_pytorch_model_bin_layout(tmp_path, fresh_seed):
+    torch.manual_seed(fresh_seed)
+    ref = _ref().float()
+    _write_hf_dir(ref, tmp_path)
+    (tmp_path / "model.safetensors").unlink()
+    torch.save({f"backbone.{k}": v for k, v in ref.state_dict().items()},
+               tmp_path / "pytorch_model.bin")  # fmt: skip
+    x = torch.randint(0, CFG["vocab_size"], (2, 16))
+    torch.testing.assert_close(load_mdlm(tmp_path)(x), ref(x, None), rtol=1e-4, atol=1e-4)
