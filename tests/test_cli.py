@@ -124,3 +124,17 @@ def test_eval_from_mdlm_directory(tmp_path, capsys):
     rc, out, err = _run(base, capsys)
     fresh = json.loads(out.strip().splitlines()[-1])
     assert loaded["checkpoint"] is None and loaded["loss"] != fresh["loss"]
+
+
+def test_register_objective_is_overridable(monkeypatch, capsys):
+    from mdfast.experiments import build
+
+    monkeypatch.setattr(build, "OBJECTIVES", dict(build.OBJECTIVES))
+    monkeypatch.setattr(build, "OBJECTIVE_DEFAULTS", dict(build.OBJECTIVE_DEFAULTS))
+    build.register_objective("toy", {"alpha": 0.5}, lambda model, o: ("toy", o))
+    rc, out, err = _run(["train", "tiny-mdlm", "objective.name=toy", "objective.alpha=0.25",
+                         "--print-config"], capsys)  # fmt: skip
+    assert rc == 0, err
+    cfg = json.loads(out)
+    assert cfg["objective"] == {"name": "toy", "alpha": 0.25}
+    assert build.build_objective(cfg["objective"], None) == ("toy", {"alpha": 0.25})

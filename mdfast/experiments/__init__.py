@@ -79,18 +79,13 @@ def _objective_defaults(o: dict) -> dict:
     return {"name": name, **OBJECTIVE_DEFAULTS[name]}
 
 
-_DATA_DEFAULTS = {
-    "synthetic-text": {"n": 512, "length": 32, "vocab": 32, "seed": 0, "val_n": 64},
-    "synthetic-grid": {"n": 256, "size": 8, "vocab": 8, "classes": 4, "seed": 0, "val_n": 64},
-    "tokens": {"path": "", "val_path": "", "val_fraction": 0.01},
-}
-
-
 def _data_defaults(d: dict) -> dict:
+    from mdfast.experiments.build import DATA
+
     name = d.get("name", "synthetic-text")
-    if name not in _DATA_DEFAULTS:
-        raise ConfigError(f"mdfast: unknown data.name '{name}'; valid: {sorted(_DATA_DEFAULTS)}")
-    return {"name": name, **_DATA_DEFAULTS[name]}
+    if name not in DATA:
+        raise ConfigError(f"mdfast: unknown data.name '{name}'; valid: {sorted(DATA)}")
+    return {"name": name, **DATA[name][0]}
 
 
 def _train_defaults(_: dict) -> dict:
