@@ -56,7 +56,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     e.add_argument("preset")
     e.add_argument("overrides", nargs="*", help="section.key=value")
-    e.add_argument("--ckpt", default=None, help="training checkpoint (.pt) to evaluate")
+    e.add_argument(
+        "--ckpt",
+        default=None,
+        help="training checkpoint (.pt) to evaluate; its stored "
+        "config is used, with the overrides given here on top",
+    )
     e.add_argument("--print-config", action="store_true")
     sub.add_parser("presets", help="list the presets")
     return p
@@ -96,6 +101,7 @@ def _train(args) -> int:
 def _eval(args) -> int:
     import torch
 
+    from mdfast import experiments
     from mdfast.experiments.build import build_data, build_model, build_objective
     from mdfast.train import checkpoint as ckpt_io
     from mdfast.train.data import StepBatches
@@ -104,15 +110,22 @@ def _eval(args) -> int:
     cfg = _config(args)
     if args.ckpt:
         cfg["eval"]["ckpt"] = args.ckpt
+    path = cfg["eval"]["ckpt"] or ckpt_io.latest_checkpoint(cfg["train"]["out_dir"])
+    state = ckpt_io.load(path) if path else None
+    stored = state.get("config") if state else None
+    if isinstance(stored, dict) and all(k in stored for k in ("model", "objective", "data")):
+        # the run's own config (with its overrides), then this command's overrides on top
+        ev = cfg["eval"]
+        cfg = experiments.apply_overrides({k: stored[k] for k in experiments.SECTIONS
+                                           if k in stored}, args.overrides)  # fmt: skip
+        cfg["eval"] = ev
     if args.print_config:
         print(json.dumps(cfg, indent=2))
         return 0
     ev = cfg["eval"]
     _, val = build_data(cfg["data"])
     objective = build_objective(cfg["objective"], build_model(cfg["model"]))
-    path = ev["ckpt"] or ckpt_io.latest_checkpoint(cfg["train"]["out_dir"])
-    if path:
-        state = ckpt_io.load(path)
+    if state is not None:
         objective.load_state_dict(state["model"])
         if ev["use_ema"] and state.get("ema") is not None:
             ema = EMA(objective, state["ema"]["decay"])
@@ -145,7 +158,14 @@ def main(argv: list[str] | None = None) -> int:
     from mdfast.experiments import ConfigError
     from mdfast.train import CheckpointError, NonFiniteLossError
 
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    # overrides may also follow options (`eval p --ckpt X key=v`): argparse leaves those over
+    bad = [e for e in extra if e.startswith("-") or "=" not in e]
+    if bad or (extra and args.command == "presets"):
+        parser.error(f"unrecognized arguments: {' '.join(bad or extra)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     clean = False  # set once every rank is known to leave normally (or with the same error)
     try:
         if args.command == "presets":

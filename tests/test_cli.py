@@ -138,3 +138,15 @@ def test_register_objective_is_overridable(monkeypatch, capsys):
     cfg = json.loads(out)
     assert cfg["objective"] == {"name": "toy", "alpha": 0.25}
     assert build.build_objective(cfg["objective"], None) == ("toy", {"alpha": 0.25})
+
+
+def test_eval_uses_the_checkpoint_config(tmp_path, capsys):
+    """A run trained with overrides evaluates from its checkpoint without repeating them."""
+    train_args = ["train", "tiny-ar", "model.hidden_dim=32", "model.n_heads=2", "data.n=64",
+                  "data.length=16", "train.batch_size=8", "train.steps=2", "train.progress=false",
+                  f"train.out_dir={tmp_path}"]  # fmt: skip
+    assert _run(train_args, capsys)[0] == 0
+    rc, out, err = _run(["eval", "tiny-ar", f"--ckpt={tmp_path / 'ckpt-00000002.pt'}",
+                         "eval.batches=1"], capsys)  # fmt: skip
+    assert rc == 0, err
+    assert json.loads(out.strip().splitlines()[-1])["batches"] == 1
