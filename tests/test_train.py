@@ -55,7 +55,7 @@ def _cli(args, **kw):
 
 def test_kill_and_resume_matches_uninterrupted(tmp_path):
     # interpolant objective: random t and masks every step, so the RNG state must be restored
-    steps = 60
+    steps = 100
     common = [
         "train",
         "tiny-interpolant",
