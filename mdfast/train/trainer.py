@@ -441,6 +441,7 @@ def train(objective: nn.Module, dataset, cfg: TrainConfig, *, full_config: dict 
                     f"mdfast: non-finite loss ({loss_f}) at step {step + 1}; stopped before the "
                     f"optimiser step. Last checkpoint: {last_ckpt or 'none'} (intact)"
                 )
+            lr_used = opt.param_groups[0]["lr"]  # the rate this step used
             with _nvtx("optimizer", nvtx_on):
                 gnorm = (
                     torch.nn.utils.clip_grad_norm_(params, cfg.clip)
@@ -459,7 +460,7 @@ def train(objective: nn.Module, dataset, cfg: TrainConfig, *, full_config: dict 
                 row = {
                     "step": done,
                     "loss": loss_f,
-                    "lr": sched.get_last_lr()[0],
+                    "lr": lr_used,
                     "grad_norm": float(gnorm),
                     "samples_per_s": n_samples * world / dt,
                 }
