@@ -139,6 +139,9 @@ def test_hf_layout_roundtrip_matches_reference(tmp_path, fresh_seed, tc):
     rows = torch.rand(3, 16) < 0.4
     part = model.head(model.trunk(x, sigma), rows)
     torch.testing.assert_close(part, got[rows], rtol=1e-12, atol=1e-12)
+    # the samplers' split interface: hidden(x) then head(h_rows [R, D])
+    flat = model.hidden(x, sigma).reshape(-1, CFG["hidden_dim"])[rows.reshape(-1)]
+    torch.testing.assert_close(model.head(flat), got[rows], rtol=1e-12, atol=1e-12)
     idx = rows.reshape(-1).nonzero().squeeze(-1)
     torch.testing.assert_close(model.head(model.trunk(x, sigma), idx), part, rtol=1e-12, atol=1e-12)
 

@@ -62,6 +62,9 @@ class IMDMBackbone(nn.Module):
             eps = self.draw_eps(xt.shape, xt.device)
         return self.dit.trunk(xt, sigma, embeds=self.embeds(xt, eps))
 
+    def hidden(self, xt, sigma=None, eps=None):
+        return self.trunk(xt, sigma, eps)
+
     def head(self, hidden, rows=None):
         return self.dit.head(hidden, rows)
 

@@ -303,6 +303,11 @@ class DiT(nn.Module):
             h = block(h, rot, c, backend)
         return self.output_layer.features(h, c)
 
+    def hidden(self, x: torch.Tensor, sigma: torch.Tensor | None = None) -> torch.Tensor:
+        """Alias of :meth:`trunk`: the ``hidden(x)`` / ``head(h_rows)`` split that
+        :mod:`mdfast.sampling` uses to compute logits only for the rows that change."""
+        return self.trunk(x, sigma)
+
     def head(self, hidden: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         """Features -> logits. ``rows``: None (all, keeps [B, L, V]), a bool mask over the leading
         dims, or int indices into the flattened rows; then returns [n_rows, V]."""
