@@ -14,10 +14,45 @@ TORCH_LIBRARY(mdfast, m) {
   m.def("uniform_out(Tensor(a!) out, int seed, int offset) -> ()");
 
   // --- masked cross-entropy (issue 3) ---
+  m.def(
+      "masked_ce(Tensor logits, Tensor target, Tensor? weight, int exclude_index=-1, "
+      "bool inplace_backward=False) -> (Tensor loss, Tensor lse)");
+  m.def(
+      "masked_ce_backward(Tensor grad_loss, Tensor logits, Tensor target, Tensor? weight, "
+      "Tensor lse, int exclude_index) -> Tensor");
+  m.def(
+      "masked_ce_backward_(Tensor grad_loss, Tensor(a!) logits, Tensor target, Tensor? weight, "
+      "Tensor lse, int exclude_index) -> ()");
+  m.def(
+      "linear_masked_ce(Tensor hidden, Tensor weight, Tensor? bias, Tensor target, "
+      "Tensor row_weight, int exclude_index=-1, int? chunk_rows=None, bool compute_grad=False) "
+      "-> (Tensor loss, Tensor lse, Tensor grad_hidden_unit, Tensor grad_weight_unit, "
+      "Tensor grad_bias_unit)");
+  m.def(
+      "linear_masked_ce_backward(Tensor grad_loss, Tensor hidden, Tensor weight, Tensor? bias, "
+      "Tensor target, Tensor row_weight, Tensor lse, Tensor grad_hidden_unit, "
+      "Tensor grad_weight_unit, Tensor grad_bias_unit, int exclude_index, int? chunk_rows) "
+      "-> (Tensor, Tensor, Tensor)");
 
   // --- sampling: sample_x0, mask_step (issue 4) ---
+  m.def(
+      "sample_x0(Tensor logits, Tensor? rows, float temperature, float top_p, int top_k, "
+      "int exclude_index, str nucleus, int seed, int offset) -> (Tensor, Tensor)");
+  m.def(
+      "mask_step(Tensor x, Tensor? logits, Tensor alpha_t, Tensor alpha_s, Tensor? remask, "
+      "Tensor? confidence, int mask_index, float temperature, float top_p, int top_k, "
+      "str nucleus, int seed, int offset) -> (Tensor, Tensor, Tensor)");
 
   // --- MDM-Prime sub-tokens (issue 5) ---
+  m.def(
+      "prime_ce(Tensor logits, Tensor target, Tensor digits, int base, str mode, Tensor? weight)"
+      " -> (Tensor, Tensor)");
+  m.def(
+      "prime_ce_backward(Tensor grad, Tensor logits, Tensor target, Tensor digits, Tensor lse,"
+      " int base, str mode, Tensor? weight) -> Tensor");
+  m.def(
+      "prime_sample_step(Tensor logits, Tensor digits, int base, float alpha_t, float alpha_s,"
+      " float temperature, str mode, Tensor? fixed_digits, int seed, int offset) -> Tensor");
 }
 
 namespace py = pybind11;

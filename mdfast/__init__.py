@@ -13,6 +13,30 @@ from mdfast import _extension, ops, reference
 __version__ = "0.1.0"
 __all__ = ["__version__", "build_info", "ops", "reference"]
 
+# Heavier subpackages load on first use: `mdfast.sampling`, `mdfast.losses`, ...
+_LAZY_SUBMODULES = frozenset(
+    {
+        "data",
+        "diffusion",
+        "losses",
+        "metrics",
+        "models",
+        "prime",
+        "rng",
+        "sampling",
+        "schedules",
+        "train",
+    }
+)
+
+
+def __getattr__(name: str):
+    if name in _LAZY_SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"mdfast.{name}")
+    raise AttributeError(f"module 'mdfast' has no attribute {name!r}")
+
 
 def build_info() -> dict:
     """How this mdfast was built and what it runs on.

@@ -110,13 +110,19 @@ def test_subs_loss_matches_mdlm(path, dtype, fresh_seed):
     got = losses.subs_loss(logits, x0, xt, mask, t)
     assert got.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
     expected = reference.mdlm_subs_loss(logits, x0, xt, mask, t.to(got.dtype))
-    tol = 1e-12 if dtype == torch.float64 else 2e-6
-    torch.testing.assert_close(got, expected, rtol=tol, atol=tol)
+    exact = reference.mdlm_subs_loss(logits.double(), x0, xt, mask, t.double())
     assert (got[xt != mask] == 0).all()
     assert (got[xt == mask] > 0).all()
-    # and against a float64 evaluation of the same rounded inputs
-    exact = reference.mdlm_subs_loss(logits.double(), x0, xt, mask, t.double())
-    torch.testing.assert_close(got.double(), exact, rtol=2e-6, atol=2e-6)
+    if dtype == torch.float64:
+        torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+        return
+    # float32 rounding of log-probabilities (|log p| <= ~40 here: a few 1e-6 absolute), scaled
+    # by the weight 1/t (up to 1e3): the bound is per element
+    w = torch.where(xt == mask, 1 / t[:, None], 0.0)
+    for other in (expected.double(), exact):
+        err = (got.double() - other).abs()
+        bound = 1e-5 * w + 2e-6 * other.abs()
+        assert (err <= bound).all(), f"max excess {(err - bound).max().item()}"
 
 
 def test_subs_loss_gradient_matches_mdlm(path, fresh_seed):
