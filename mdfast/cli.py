@@ -34,7 +34,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog=_presets_epilog(),
         formatter_class=fmt,
     )
-    sub = p.add_subparsers(dest="command", required=True, metavar="{train,eval,presets}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{train,eval,sample,presets}")
     t = sub.add_parser(
         "train", help="train a preset", epilog=_presets_epilog(), formatter_class=fmt
     )
@@ -63,6 +63,13 @@ def _parser() -> argparse.ArgumentParser:
         "config is used, with the overrides given here on top",
     )
     e.add_argument("--print-config", action="store_true")
+    sm = sub.add_parser("sample", help="draw samples from a checkpoint with mdfast.sampling",
+                        epilog=_presets_epilog(), formatter_class=fmt)  # fmt: skip
+    sm.add_argument("preset")
+    sm.add_argument("overrides", nargs="*", help="section.key=value (sample.sampler=..., ...)")
+    sm.add_argument("--ckpt", default=None, help="training checkpoint (.pt); its stored config "
+                    "is used, with the overrides given here on top")  # fmt: skip
+    sm.add_argument("--print-config", action="store_true")
     sub.add_parser("presets", help="list the presets")
     return p
 
@@ -95,6 +102,91 @@ def _train(args) -> int:
             f"mdfast: trained to step {result['step']}, last loss {last:.6g}, "
             f"checkpoint {result['checkpoint']}"
         )
+    return 0
+
+
+def _load_run(args, section: str):
+    """(config, objective) of the checkpoint ``--ckpt`` / ``<section>.ckpt`` / latest in
+    ``train.out_dir``, with the checkpoint's stored config and this command's overrides on top;
+    EMA weights applied when ``<section>.use_ema``. Returns (cfg, objective, path) or (cfg,
+    None, path) for ``--print-config``."""
+    from mdfast import experiments
+    from mdfast.experiments.build import build_model, build_objective
+    from mdfast.train import checkpoint as ckpt_io
+    from mdfast.train.ema import EMA
+
+    cfg = _config(args)
+    if args.ckpt:
+        cfg[section]["ckpt"] = args.ckpt
+    path = cfg[section]["ckpt"] or ckpt_io.latest_checkpoint(cfg["train"]["out_dir"])
+    state = ckpt_io.load(path) if path else None
+    stored = state.get("config") if state else None
+    if isinstance(stored, dict) and all(k in stored for k in ("model", "objective", "data")):
+        # the run's own config (with its overrides), then this command's overrides on top
+        mine = cfg[section]
+        kept = {k: stored[k] for k in experiments.SECTIONS if k in stored and k != section}
+        cfg = experiments.apply_overrides(kept, args.overrides)
+        cfg[section] = mine
+    if args.print_config:
+        return cfg, None, path
+    objective = build_objective(cfg["objective"], build_model(cfg["model"]))
+    if state is not None:
+        objective.load_state_dict(state["model"])
+        if cfg[section]["use_ema"] and state.get("ema") is not None:
+            ema = EMA(objective, state["ema"]["decay"])
+            ema.load_state_dict(state["ema"])
+            ema.copy_to()
+    objective.eval()
+    return cfg, objective, path
+
+
+class _SigmaTime:
+    """Adapts a sigma-conditioned backbone (SEDD's DiT) to the samplers' time argument."""
+
+    def __init__(self, model, schedule):
+        self.model, self.schedule = model, schedule
+
+    def hidden(self, x, t):
+        return self.model.trunk(x, self.schedule.sigma(t.float())[0])
+
+    def head(self, h):
+        return self.model.head(h)
+
+
+def _sample(args) -> int:
+    import torch
+
+    from mdfast import sampling
+
+    cfg, objective, path = _load_run(args, "sample")
+    if objective is None:
+        print(json.dumps(cfg, indent=2))
+        return 0
+    sp, name = cfg["sample"], cfg["objective"]["name"]
+    if name not in ("mdlm", "sedd"):
+        raise FileNotFoundError(
+            f"mdfast sample: objective '{name}' is not supported (mdlm and sedd are); use "
+            "mdfast.sampling or the objective's own sampler from Python"
+        )
+    model = objective.model
+    time_conditioned = name == "sedd"
+    if time_conditioned:
+        model = _SigmaTime(model, objective.schedule)
+    length = sp["length"] or cfg["data"].get("length") or cfg["model"].get("model_length")
+    kwargs = {k: sp[k] for k in ("steps", "seed", "temperature", "top_p", "top_k",
+                                 "noise_removal", "batch_size")}  # fmt: skip
+    if sp["schedule"]:
+        kwargs["schedule"] = sp["schedule"]
+    if time_conditioned:
+        kwargs["time_conditioned"] = True
+    with torch.no_grad():
+        res = sampling.sample(model, sampler=sp["sampler"], length=int(length),
+                              mask_index=cfg["objective"]["mask_index"], **kwargs)  # fmt: skip
+    if sp["out"]:
+        torch.save(res.x.cpu(), sp["out"])
+    print(json.dumps({"checkpoint": path, "sampler": sp["sampler"], "shape": list(res.x.shape),
+                      "nfe": res.nfe, "steps": res.steps, "out": sp["out"] or None,
+                      "samples": res.x[: min(2, len(res.x))].tolist()}))  # fmt: skip
     return 0
 
 
@@ -173,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
 
             print("\n".join(preset_names()))
             return 0
-        rc = {"train": _train, "eval": _eval}[args.command](args)
+        rc = {"train": _train, "eval": _eval, "sample": _sample}[args.command](args)
         clean = True
         return rc
     except (ConfigError, CheckpointError, NonFiniteLossError, FileNotFoundError) as e:

@@ -24,7 +24,7 @@ def _run(argv, capsys):
 
 def test_help_lists_presets(capsys):
     names = ("tiny-mdlm", "mdlm-owt-small", "sedd-owt-small", "interpolant-imagenet-uvit")
-    for args in ([], ["train"], ["eval"]):
+    for args in ([], ["train"], ["eval"], ["sample"]):
         with pytest.raises(SystemExit) as e:
             main([*args, "--help"])
         assert e.value.code == 0
@@ -150,3 +150,26 @@ def test_eval_uses_the_checkpoint_config(tmp_path, capsys):
                          "eval.batches=1"], capsys)  # fmt: skip
     assert rc == 0, err
     assert json.loads(out.strip().splitlines()[-1])["batches"] == 1
+
+
+@pytest.mark.parametrize(("preset", "sampler"), [("tiny-mdlm", "ddpm_cache"),
+                                                 ("tiny-sedd", "analytic")])  # fmt: skip
+def test_train_then_sample(tmp_path, capsys, preset, sampler):
+    import torch
+
+    base = [preset, "data.n=64", "data.length=16", "train.batch_size=8", "train.steps=2",
+            "train.progress=false", f"train.out_dir={tmp_path}"]  # fmt: skip
+    assert _run(["train", *base], capsys)[0] == 0
+    out_file = tmp_path / "samples.pt"
+    rc, out, err = _run(["sample", *base, f"sample.sampler={sampler}", "sample.steps=8",
+                         "sample.batch_size=3", f"sample.out={out_file}"], capsys)  # fmt: skip
+    assert rc == 0, err
+    res = json.loads(out.strip().splitlines()[-1])
+    assert res["shape"] == [3, 16] and 1 <= res["nfe"] <= 8
+    x = torch.load(out_file)
+    assert x.shape == (3, 16) and x.min() >= 0 and x.max() < 32  # no mask id left
+
+
+def test_sample_unsupported_objective(tmp_path, capsys):
+    rc, _, err = _run(["sample", "tiny-ar", f"train.out_dir={tmp_path}"], capsys)
+    assert rc == 1 and "not supported" in err

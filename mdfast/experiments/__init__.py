@@ -26,7 +26,7 @@ __all__ = ["PRESETS", "ConfigError", "apply_overrides", "get", "preset_names", "
 
 PRESETS: dict[str, dict] = {**text.PRESETS, **image.PRESETS}
 
-SECTIONS = ("model", "objective", "data", "train", "eval")
+SECTIONS = ("model", "objective", "data", "train", "eval", "sample")
 
 
 class ConfigError(ValueError):
@@ -98,12 +98,19 @@ def _eval_defaults(_: dict) -> dict:
     return {"ckpt": "", "batches": 8, "batch_size": 16, "use_ema": True, "seed": 0}
 
 
+def _sample_defaults(_: dict) -> dict:
+    return {"ckpt": "", "sampler": "ddpm_cache", "steps": 128, "batch_size": 4, "length": 0,
+            "seed": 0, "schedule": "", "temperature": 1.0, "top_p": 1.0, "top_k": 0,
+            "noise_removal": True, "use_ema": True, "out": ""}  # fmt: skip
+
+
 _DEFAULTS = {
     "model": _model_defaults,
     "objective": _objective_defaults,
     "data": _data_defaults,
     "train": _train_defaults,
     "eval": _eval_defaults,
+    "sample": _sample_defaults,
 }
 
 
