@@ -1,0 +1,42 @@
+"""The objective interface shared by every training loss.
+
+An objective is an ``nn.Module`` that owns its backbone (``self.model``) and maps a batch to
+``(loss, metrics)`` in ``forward``; ``loss(batch)`` is the same call. A batch is a tensor of token
+ids ``[B, ...]`` or a dict with ``"input_ids"`` (and optionally ``"attention_mask"``,
+``"label"``). The trainer wraps the objective (not the bare model) in DDP, so every parameter an
+objective owns is trained and synchronised.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mdfast.losses import token_mean
+from mdfast.schedules import sample_t
+
+__all__ = ["Objective", "sample_t", "token_mean", "unpack"]
+
+
+def unpack(batch) -> tuple[torch.Tensor, torch.Tensor | None, dict]:
+    """``(x0, attention_mask or None, the rest of the batch)``."""
+    if isinstance(batch, torch.Tensor):
+        return batch, None, {}
+    if isinstance(batch, dict):
+        rest = {k: v for k, v in batch.items() if k not in ("input_ids", "attention_mask")}
+        return batch["input_ids"], batch.get("attention_mask"), rest
+    if isinstance(batch, (list, tuple)):
+        return batch[0], None, {"label": batch[1]} if len(batch) > 1 else {}
+    raise TypeError(f"mdfast: unsupported batch type {type(batch).__name__}")
+
+
+class Objective(nn.Module):
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def loss(self, batch) -> tuple[torch.Tensor, dict]:
+        return self(batch)
+
+    def forward(self, batch) -> tuple[torch.Tensor, dict]:  # pragma: no cover - abstract
+        raise NotImplementedError
