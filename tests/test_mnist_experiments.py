@@ -57,3 +57,20 @@ def test_save_grid_png(tmp_path):
     # Digit 3 sits in row 0, column 3: its stroke is white, everything else in its cell black.
     cell = img[2:30, 2 + 3 * 30 : 2 + 3 * 30 + 28]
     assert (cell[5:20, 14] == 255).all() and (cell == 255).sum() == 15
+
+
+def test_cli_presets(tmp_path, capsys):
+    """`mdfast train/eval mnist-*`: the presets run through the shared trainer and CLI."""
+    import json
+
+    from mdfast import cli
+
+    out = str(tmp_path / "run")
+    common = ["model.preset=demo", f"train.out_dir={out}", "data.masked_fraction=0.5"]
+    assert cli.main(["train", "mnist-ambient", "train.steps=2", "train.batch_size=8", *common]) == 0
+    capsys.readouterr()
+    assert cli.main(["eval", "mnist-ambient", "eval.batches=1", *common]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["loss"] > 0
+    assert cli.main(["train", "mnist-baseline", "model.preset=huge"]) != 0
+    assert "unknown model.preset 'huge'" in capsys.readouterr().err

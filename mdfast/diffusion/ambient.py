@@ -41,6 +41,7 @@ import torch
 from torch import nn
 
 from mdfast.data.mnist import MASK
+from mdfast.diffusion.base import Objective
 from mdfast.losses import subs_loss, token_mean
 from mdfast.ops import masked_ce
 from mdfast.schedules import LogLinearSchedule, sample_t
@@ -73,16 +74,9 @@ def _unpack(batch):
     return (batch,)
 
 
-class _PixelObjective(nn.Module):
+class _PixelObjective(Objective):
     """``forward(batch) -> (loss, metrics)`` (``loss`` is the same call); the denoiser is
-    ``self.model``. The trainer wraps the objective, so DDP sees every trained parameter."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def loss(self, batch):
-        return self(batch)
+    ``self.model`` (see :mod:`mdfast.diffusion.base`)."""
 
 
 class MDLMBaseline(_PixelObjective):
