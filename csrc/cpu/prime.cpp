@@ -19,6 +19,7 @@
 #include "mdfast/gumbel.h"
 #include "mdfast/online_softmax.h"
 #include "mdfast/philox.h"
+#include "mdfast/sampling.h"
 
 namespace mdfast {
 namespace {
@@ -426,7 +427,7 @@ at::Tensor prime_sample_step_cpu(const at::Tensor& logits, const at::Tensor& dig
   const at::Tensor d = digits.contiguous();
   validate_rows(d.const_data_ptr<int64_t>(), nullptr, shape.rows, shape.ell, base, shape.classes);
   at::Tensor out = at::empty_like(d);
-  const double p = alpha_t >= 1.0 ? 1.0 : (alpha_s - alpha_t) / (1.0 - alpha_t);
+  const double p = sampling::unmask_probability(alpha_t, alpha_s, /*sigma=*/0.0);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "prime_sample", [&] {
     prime_sample_impl<scalar_t>(z, d.const_data_ptr<int64_t>(), base, shape.ell, p, temperature, m,
                                 fixed, static_cast<uint64_t>(seed), static_cast<uint64_t>(offset),

@@ -21,6 +21,7 @@
 #include "mdfast/gumbel.h"
 #include "mdfast/online_softmax.h"
 #include "mdfast/philox.h"
+#include "mdfast/sampling.h"
 
 namespace mdfast {
 namespace {
@@ -375,7 +376,7 @@ at::Tensor prime_sample_step_cuda(const at::Tensor& logits, const at::Tensor& di
               "mdfast: prime_sample_step mode='marginal' on CUDA needs ell * base <= ",
               kMaxSharedHist / 8, ", got ", shape.ell, " * ", base);
   const int64_t smem = shape.ell == 1 ? 0 : hist_bytes;  // ell = 1 reveals one digit: joint draw
-  const double p = alpha_t >= 1.0 ? 1.0 : (alpha_s - alpha_t) / (1.0 - alpha_t);
+  const double p = sampling::unmask_probability(alpha_t, alpha_s, /*sigma=*/0.0);
   const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "prime_sample", [&] {
     prime_sample_kernel<scalar_t><<<shape.rows, kThreads, smem, stream>>>(
