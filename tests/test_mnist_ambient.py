@@ -8,11 +8,16 @@ import math
 import pytest
 import torch
 
-from mdfast.data.mnist import MASK, BinarizedMNIST, CorruptedMNIST
-from mdfast.diffusion.ambient import AmbientMDLM, MDLMBaseline, NaiveCorrupted, pixel_ce
-from mdfast.metrics import digit_frechet as dfm
+from mdfast.experiments.mnist import frechet as dfm
+from mdfast.experiments.mnist.data import MASK, BinarizedMNIST, CorruptedMNIST
+from mdfast.experiments.mnist.model import MNISTUNet
+from mdfast.experiments.mnist.objectives import (
+    AmbientMDLM,
+    MDLMBaseline,
+    NaiveCorrupted,
+    pixel_ce,
+)
 from mdfast.metrics.elbo import nelbo_bits_per_token
-from mdfast.models import MNISTUNet
 
 
 def _tiny_unet():
