@@ -3,13 +3,6 @@
 The binarized-MNIST loader belongs to its experiment; the generic packages import nothing of an
 experiment."""
 
-import warnings
+from mdfast._deprecation import alias_module
 
-from mdfast.experiments.mnist.data import *  # noqa: F403
-from mdfast.experiments.mnist.data import __all__ as __all__
-
-warnings.warn(
-    "mdfast: mdfast.data.mnist is deprecated; import mdfast.experiments.mnist.data",
-    DeprecationWarning,
-    stacklevel=2,
-)
+alias_module(__name__, "mdfast.experiments.mnist.data")

@@ -3,13 +3,6 @@
 The digit Fréchet score belongs to its experiment; the generic packages import nothing of an
 experiment."""
 
-import warnings
+from mdfast._deprecation import alias_module
 
-from mdfast.experiments.mnist.frechet import *  # noqa: F403
-from mdfast.experiments.mnist.frechet import __all__ as __all__
-
-warnings.warn(
-    "mdfast: mdfast.metrics.digit_frechet is deprecated; import mdfast.experiments.mnist.frechet",
-    DeprecationWarning,
-    stacklevel=2,
-)
+alias_module(__name__, "mdfast.experiments.mnist.frechet")
