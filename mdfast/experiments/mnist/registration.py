@@ -37,12 +37,16 @@ def model_from_fields(m: dict) -> MNISTUNet:
 
 def _load_data(d: dict):
     """(train, validation) as dicts: ``input_ids`` (+ ``observed`` when corrupted) and ``label``."""
-    kind = "baseline" if d["masked_fraction"] == 0 else "ambient"
+    experiment = "baseline" if d["masked_fraction"] == 0 else "ambient"
     kw = {"masked_fraction": d["masked_fraction"], "data": d["source"], "seed": d["seed"]}
     out = []
     for train in (True, False):
-        parts = training_data(kind, train=train, **kw)
-        keys = ("input_ids", "label") if kind == "baseline" else ("input_ids", "observed", "label")
+        parts = training_data(experiment, train=train, **kw)
+        keys = (
+            ("input_ids", "label")
+            if experiment == "baseline"
+            else ("input_ids", "observed", "label")
+        )
         out.append(dict(zip(keys, parts, strict=True)))
     return tuple(out)
 
