@@ -57,7 +57,7 @@ test-cpp:
 # runs/demo/samples.png. DEMO_ARGS="--steps 300" for a quicker look.
 DEMO_ARGS ?=
 demo: install
-	$(PY) -m mdfast.experiments.mnist_demo $(DEMO_ARGS)
+	$(PY) -m mdfast.experiments.mnist.demo $(DEMO_ARGS)
 
 bench: install
 	$(PY) -m bench
