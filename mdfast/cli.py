@@ -125,6 +125,7 @@ def _load_run(args, section: str):
         # the run's own config (with its overrides), then this command's overrides on top
         mine = cfg[section]
         kept = {k: stored[k] for k in experiments.SECTIONS if k in stored and k != section}
+        kept[section] = dict(mine)  # so this section's own fields (e.g. a sampler's) resolve
         cfg = experiments.apply_overrides(kept, args.overrides)
         cfg[section] = mine
     if args.print_config:
@@ -157,12 +158,16 @@ def _sample(args) -> int:
     import torch
 
     from mdfast import sampling
+    from mdfast.experiments import registry
 
     cfg, objective, path = _load_run(args, "sample")
     if objective is None:
         print(json.dumps(cfg, indent=2))
         return 0
     sp, name = cfg["sample"], cfg["objective"]["name"]
+    entry = registry.sampler_entry(sp["sampler"])
+    if entry is not None:  # a sampler its experiment runs (e.g. prime)
+        return entry[1](cfg, objective, path)
     if name not in ("mdlm", "sedd"):
         raise FileNotFoundError(
             f"mdfast sample: objective '{name}' is not supported (mdlm and sedd are); use "

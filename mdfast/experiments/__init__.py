@@ -78,10 +78,12 @@ def _eval_defaults(_: dict) -> dict:
     return {"ckpt": "", "batches": 8, "batch_size": 16, "use_ema": True, "seed": 0}
 
 
-def _sample_defaults(_: dict) -> dict:
-    return {"ckpt": "", "sampler": "ddpm_cache", "steps": 128, "batch_size": 4, "length": 0,
-            "seed": 0, "schedule": "", "temperature": 1.0, "top_p": 1.0, "top_k": 0,
-            "noise_removal": True, "use_ema": True, "out": ""}  # fmt: skip
+def _sample_defaults(s: dict) -> dict:
+    common = {"ckpt": "", "sampler": "ddpm_cache", "steps": 128, "batch_size": 4, "length": 0,
+              "seed": 0, "schedule": "", "temperature": 1.0, "top_p": 1.0, "top_k": 0,
+              "noise_removal": True, "use_ema": True, "out": ""}  # fmt: skip
+    entry = registry.sampler_entry(s.get("sampler", common["sampler"]))
+    return {**common, **entry[0]} if entry else common
 
 
 _DEFAULTS = {
@@ -156,20 +158,27 @@ def _split(item: str) -> tuple[list[str], str]:
     return key.strip().split("."), value
 
 
+def _selector(path: list[str]) -> bool:
+    """``*.preset``, ``*.name`` and ``sample.sampler``: keys that change which fields exist."""
+    if len(path) != 2 or path[0] not in SECTIONS:
+        return False
+    return path[1] in ("preset", "name") or path == ["sample", "sampler"]
+
+
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     """Resolve ``raw`` with ``overrides`` (``["train.steps=10", ...]``) applied."""
     raw = copy.deepcopy(raw)
     parsed = [_split(o) for o in overrides]
     # selectors first: they change which defaults apply
     for path, value in parsed:
-        if len(path) == 2 and path[1] in ("preset", "name") and path[0] in SECTIONS:
+        if _selector(path):
             sec = raw.setdefault(path[0], {})
             sec[path[1]] = value
             if path[1] == "name":  # a new builder: drop fields of the old one
                 raw[path[0]] = {"name": value}
     cfg = resolve(raw)
     for path, value in parsed:
-        if len(path) == 2 and path[1] in ("preset", "name") and path[0] in SECTIONS:
+        if _selector(path):
             continue
         if len(path) != 2 or path[0] not in SECTIONS:
             if path[0] not in SECTIONS:

@@ -17,6 +17,8 @@ Tables (name → entry):
   fields without ``name`` and ``preset``;
 - ``OBJECTIVES``: ``(default fields, factory(model, fields) -> objective)``;
 - ``DATA``: ``(default fields, loader(fields) -> (train, validation))``;
+- ``SAMPLERS``: ``(extra sample fields, runner(cfg, objective, checkpoint) -> exit code)`` for a
+  ``sample.sampler`` that ``mdfast sample`` hands to its experiment (e.g. ``prime``);
 - ``PRESETS``: raw presets (nested dicts, see :mod:`mdfast.experiments`).
 """
 
@@ -32,6 +34,7 @@ __all__ = [
     "MODELS",
     "OBJECTIVES",
     "PRESETS",
+    "SAMPLERS",
     "ConfigError",
     "data_entry",
     "load_experiments",
@@ -42,6 +45,8 @@ __all__ = [
     "register_model",
     "register_objective",
     "register_presets",
+    "register_sampler",
+    "sampler_entry",
 ]
 
 
@@ -52,6 +57,7 @@ class ConfigError(ValueError):
 MODELS: dict[str, tuple[Callable[[dict], dict], Callable]] = {}
 OBJECTIVES: dict[str, tuple[dict, Callable]] = {}
 DATA: dict[str, tuple[dict, Callable]] = {}
+SAMPLERS: dict[str, tuple[dict, Callable]] = {}
 PRESETS: dict[str, dict] = {}
 
 _loaded = False
@@ -73,6 +79,12 @@ def register_data(name: str, defaults: dict, loader: Callable) -> None:
     """Make ``data.name=<name>`` available: ``loader(fields) -> (train, validation)`` datasets
     (tensors, dicts or tuples of tensors, or map-style datasets)."""
     DATA[name] = (dict(defaults), loader)
+
+
+def register_sampler(name: str, defaults: dict, runner: Callable) -> None:
+    """Make ``sample.sampler=<name>`` add ``defaults`` to the ``sample`` section and run
+    ``runner(cfg, objective, checkpoint_path) -> int`` for ``mdfast sample``."""
+    SAMPLERS[name] = (dict(defaults), runner)
 
 
 def register_presets(presets: dict[str, dict]) -> None:
@@ -121,6 +133,13 @@ def objective_entry(name: str) -> tuple[dict, Callable]:
 
 def data_entry(name: str) -> tuple[dict, Callable]:
     return _entry(DATA, name, "data.name")
+
+
+def sampler_entry(name: str) -> tuple[dict, Callable] | None:
+    """The registered ``(fields, runner)`` of ``sample.sampler=<name>``, or None (a sampler of
+    :mod:`mdfast.sampling` that ``mdfast sample`` runs itself)."""
+    load_experiments()
+    return SAMPLERS.get(name)
 
 
 def presets() -> dict[str, dict]:
