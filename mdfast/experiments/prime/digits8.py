@@ -1,6 +1,7 @@
 """The CPU-scale data of the MDM-Prime experiment: scikit-learn's 8×8 handwritten digits (1,797
-images shipped inside the scikit-learn wheel, no download) at 16 grey levels, and a small digit
-classifier whose features give a classifier-Fréchet score of samples.
+images shipped inside the scikit-learn wheel as ``sklearn/datasets/data/digits.csv.gz``, read
+directly, no download) at 16 grey levels, and a small digit classifier whose features give a
+classifier-Fréchet score of samples.
 
 Grey levels: the files hold v ∈ {0, …, 16}; level = ⌊16 v / 17⌋ ∈ {0, …, 15}, so C = 16
 (ℓ = 2 → base 4, ℓ = 4 → base 2: binary digits). Split: a fixed permutation (seed 0), the last
@@ -9,13 +10,24 @@ Grey levels: the files hold v ∈ {0, …, 16}; level = ⌊16 v / 17⌋ ∈ {0, 
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from mdfast.metrics.frechet import GaussianStats
 
-__all__ = ["LEVELS", "DigitFeatures", "classifier_frechet", "load_digits8", "train_classifier"]
+__all__ = [
+    "LEVELS",
+    "DigitFeatures",
+    "classifier_frechet",
+    "load_digits8",
+    "sklearn_file",
+    "train_classifier",
+]
 
 LEVELS = 16
 HELD_OUT = 300
@@ -26,17 +38,26 @@ def load_digits8(split: str = "train") -> dict:
     (``"train"``: 1,497 digits, ``"eval"``: the 300 held out)."""
     if split not in ("train", "eval"):
         raise ValueError(f"mdfast: digits8 split must be 'train' or 'eval', got '{split}'")
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    images = torch.as_tensor(d.images, dtype=torch.float64)
+    rows = torch.from_numpy(np.loadtxt(sklearn_file("data", "digits.csv.gz"), delimiter=","))
+    images, target = rows[:, :64].view(-1, 8, 8), rows[:, 64].long()
     levels = torch.div(images * LEVELS, 17, rounding_mode="floor").clamp_(0, LEVELS - 1)
     order = torch.randperm(len(levels), generator=torch.Generator().manual_seed(0))
     idx = order[:-HELD_OUT] if split == "train" else order[-HELD_OUT:]
     return {
         "input_ids": levels[idx].to(torch.uint8).unsqueeze(1).contiguous(),
-        "label": torch.as_tensor(d.target, dtype=torch.int64)[idx],
+        "label": target[idx],
     }
+
+
+def sklearn_file(*parts: str) -> Path:
+    """A data file shipped inside the scikit-learn package (found without importing it)."""
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError("mdfast: the 8x8 digits ship with scikit-learn; pip install it")
+    path = Path(spec.origin).parent.joinpath("datasets", *parts)
+    if not path.is_file():
+        raise FileNotFoundError(f"mdfast: '{path}' not found in the scikit-learn installation")
+    return path
 
 
 class DigitFeatures(nn.Module):

@@ -44,9 +44,9 @@ def density_from_image(path: str | None = None, size: int = C) -> np.ndarray:
             raise FileNotFoundError(f"mdfast: toy image '{path}' not found (--image)")
         img = Image.open(path).convert("L")
     else:
-        from sklearn.datasets import load_sample_image
+        from mdfast.experiments.prime.digits8 import sklearn_file
 
-        img = Image.fromarray(load_sample_image("china.jpg")).convert("L")
+        img = Image.open(sklearn_file("images", "china.jpg")).convert("L")
     p = np.asarray(img.resize((size, size), Image.BILINEAR), dtype=np.float64)
     if p.sum() <= 0:
         raise ValueError("mdfast: the toy image is black everywhere (no density)")
