@@ -1,0 +1,152 @@
+"""The MDM-Prime experiment package: presets, the seed's command line mapped onto them, and
+``mdfast train`` / ``mdfast sample`` / NLL on the CPU-scale digits preset."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from mdfast import experiments
+from mdfast.cli import main as cli
+from mdfast.experiments.prime import seed_cli
+from mdfast.experiments.prime.digits8 import load_digits8
+from mdfast.experiments.prime.presets import PRESETS
+
+
+def test_every_prime_preset_resolves_with_consistent_digits():
+    for name in PRESETS:
+        cfg = experiments.apply_overrides(experiments.get(name), [])
+        m, o = cfg["model"], cfg["objective"]
+        assert o["name"] == "prime"
+        digits = m.get("digits", m.get("num_digits"))
+        assert digits == o["num_digits"], name
+        if m["name"] == "unet" and not o["super_token"]:
+            from mdfast.prime import prime_base
+
+            assert m["digit_vocab"] == prime_base(o["num_classes"], digits) + 1, name
+    assert experiments.get("prime-cifar10-l2")["sample"]["timestep_parameters"] == [1.0, 1.7, 0.0]
+    assert experiments.get("prime-cifar10-mixture")["model"]["num_labels"] == 4
+
+
+README_TRAIN = (
+    "--dataset cifar10 --use_ema --output_dir {out} --target_length 2 --epochs 4251 "
+    "--carry_over --temperature_parameters -0.2 2.0 1.0 --use_corrector_step "
+    "--corrector_parameters 16.0 2.0 0.75 --use_timestep_scheduler "
+    "--timestep_parameters 1.0 1.7 0.0"
+)
+
+
+def test_seed_flags_map_onto_the_preset(tmp_path):
+    args = seed_cli.parser().parse_args(README_TRAIN.format(out=tmp_path).split())
+    name, raw = seed_cli.preset_for(args)
+    assert name == "prime-cifar10-l2"
+    cfg = experiments.apply_overrides(raw, seed_cli._overrides(args, None))
+    assert cfg["sample"]["corrector_parameters"] == [16.0, 2.0, 0.75]
+    assert cfg["sample"]["timestep_parameters"] == [1.0, 1.7, 0.0] and cfg["sample"]["carry_over"]
+    assert cfg["train"]["ema"] == 0.999 and cfg["train"]["batch_size"] == 64
+    assert cfg["train"]["betas"] == [0.9, 0.95] and cfg["train"]["out_dir"] == str(tmp_path)
+    # the corrector / warp flags count only with their switches, as in the seed
+    args = seed_cli.parser().parse_args(
+        ["--corrector_parameters", "1", "2", "3", "--dataset", "imagenet", "--super_token"]
+    )
+    name, raw = seed_cli.preset_for(args)
+    cfg = experiments.apply_overrides(raw, seed_cli._overrides(args, "eval_fid"))
+    assert name == "prime-imagenet32-supertoken" and cfg["sample"]["corrector_parameters"] == []
+    assert cfg["objective"]["schedule_n"] == 2.0 and cfg["objective"]["num_classes"] == 4096
+
+
+@pytest.mark.parametrize(
+    ("flags", "match"),
+    [
+        ("--target_length 2 --base 10", "--base 10 cannot be used"),
+        ("--dataset mnist", "--dataset"),
+        ("--super_token --target_length 2", "--target_length must be 1"),
+        ("--target_length 2 --vocab_size 300", "--vocab_size"),
+        ("--from_huggingface --resume x.pth", "never downloads"),
+        ("--mode compute_nll_bpd --resume missing.pth", "missing.pth"),
+    ],
+)
+def test_seed_cli_bad_input_is_named(flags, match, capsys, tmp_path):
+    with pytest.raises(SystemExit):
+        seed_cli.main([*flags.split(), "--output_dir", str(tmp_path)])
+    assert match in capsys.readouterr().err
+
+
+def test_digits8_data_is_16_levels_with_a_held_out_split():
+    train, held = load_digits8("train"), load_digits8("eval")
+    assert train["input_ids"].shape == (1497, 1, 8, 8) and held["input_ids"].shape[0] == 300
+    assert int(train["input_ids"].max()) == 15 and train["input_ids"].dtype == torch.uint8
+
+
+def test_train_sample_and_nll_on_digits(tmp_path, capsys):
+    out = tmp_path / "run"
+    small = [
+        "model.model_channels=16",
+        "model.token_dim=16",
+        "model.num_head_channels=8",
+        f"train.out_dir={out}",
+        "train.steps=3",
+        "train.batch_size=8",
+        "train.ckpt_every=3",
+        "train.progress=false",
+    ]
+    assert cli(["train", "prime-digits8-l2", *small]) == 0
+    assert (
+        cli(
+            [
+                "sample",
+                "prime-digits8-l2",
+                *small,
+                "sample.num_samples=6",
+                "sample.batch_size=4",
+                "sample.steps=4",
+                "sample.carry_over=true",
+                "sample.corrector_parameters=[8.0, 1.0]",
+            ]
+        )
+        == 0
+    )
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    files = sorted((out / "samples_nfe4").glob("batch_*.npy"))
+    assert [f.name for f in files] == ["batch_00000.npy", "batch_00001.npy"]
+    arrays = [np.load(f) for f in files]
+    assert sum(a.shape[0] for a in arrays) == 6 and max(a.max() for a in arrays) < 16
+    assert report["grid"] and (out / "samples_nfe4" / "grid.png").is_file()
+    assert (
+        cli(
+            [
+                "sample",
+                "prime-digits8-l2",
+                *small,
+                "sample.num_samples=2",
+                "sample.batch_size=3",
+                "sample.steps=3",
+                "sample.subtoken_index=[0]",
+                f"sample.out={tmp_path / 'imp'}",
+            ]
+        )
+        == 0
+    )
+    assert sorted(p.name for p in (tmp_path / "imp").iterdir()) == [
+        "imputation_00000.png",
+        "imputation_00001.png",
+    ]
+    from mdfast.experiments.prime.evaluation import nll_bpd
+
+    _, objective, _ = _load(out)
+    r = nll_bpd(objective, load_digits8("eval")["input_ids"][:5], num_times=3, progress=False)
+    assert r["images"] == 5 and 0 < r["bits_per_dim"] < 8 and r["stderr"] > 0
+
+
+def _load(out):
+    from mdfast.experiments.build import build_model, build_objective
+    from mdfast.train import checkpoint as ckpt_io
+
+    state = ckpt_io.load(ckpt_io.latest_checkpoint(str(out)))
+    cfg = state["config"]
+    objective = build_objective(cfg["objective"], build_model(cfg["model"]))
+    objective.load_state_dict(state["model"])
+    return cfg, objective.eval(), state
