@@ -662,10 +662,20 @@ def test_sample_categorical_is_exact(fresh_seed):
 
 
 class Bd3lmLike(MDLMDiffusion):
-    """BD3-LM's loss signature."""
+    """BD3-LM's signatures (block diffusion: its contracts differ from MDLM's)."""
 
     def _forward_pass_diffusion(self, x0, t=None, sampling_eps_min=None, sampling_eps_max=None):
         return super()._forward_pass_diffusion(x0)
+
+    def forward(self, x, sigma, sample_mode=False, store_kv=False):
+        return super().forward(x, sigma)
+
+
+class PrimeTextLike(MDLMDiffusion):
+    """MDM-Prime's text Diffusion: MDLM's loss methods, a cached update with ``return_x0``."""
+
+    def _ddpm_caching_update(self, x, t, dt, p_x0=None, return_x0=False):
+        return super()._ddpm_caching_update(x, t, dt, p_x0)
 
 
 def test_unrecognised_objects_raise_and_patch_nothing():
@@ -675,9 +685,14 @@ def test_unrecognised_objects_raise_and_patch_nothing():
         integration.patch(nn.Linear(2, 2))
     with pytest.raises(TypeError, match=r"_forward_pass_diffusion\(self, x0, t, sampling_eps_min"):
         integration.patch(Bd3lmLike)
+    with pytest.raises(TypeError, match=r"forward\(self, x, sigma, sample_mode, store_kv\)"):
+        integration.patch(Bd3lmLike, loss=False)
     assert not integration.is_patched(Bd3lmLike)
-    integration.patch(Bd3lmLike, loss=False)  # the sampling part matches
-    integration.unpatch(Bd3lmLike)
+    with pytest.raises(TypeError, match=r"_ddpm_caching_update\(self, x, t, dt, p_x0, return_x0\)"):
+        integration.patch(PrimeTextLike)
+    integration.patch(PrimeTextLike, sampling=False)  # the loss part matches
+    assert PrimeTextLike._ddpm_caching_update is PrimeTextLike.__dict__["_ddpm_caching_update"]
+    integration.unpatch(PrimeTextLike)
 
     model = _mdlm(_dit(dropout=0.0))
     del model.noise

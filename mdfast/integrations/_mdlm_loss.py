@@ -49,7 +49,7 @@ def forward_pass_diffusion(diffusion, x0: torch.Tensor, network: Network, inplac
     if T > 0:
         # MDLM: T * (dt / t) * (-log p) with t clamped below 1; its second KL term is 0 * (0 - 0)
         # (it evaluates 0/0 = NaN at t = 1/T; the limit, 0, is what this returns)
-        # (T multiplies in float64: MDLM multiplies T into the float64-or-wider product)
+        # T is applied in float64, as MDLM applies it to the already upcast product T * (c * nll)
         weight = T * ((1 / T) / t[:, None].clamp(0.0, 1.0 - 1e-4)).to(torch.float64)
     elif diffusion.change_of_variables or diffusion.importance_sampling:
         weight = -torch.log1p(-torch.exp(-diffusion.noise.sigma_min))

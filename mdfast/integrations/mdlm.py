@@ -63,6 +63,10 @@ _SIGNATURES = {
     },
     "_ddpm_update": {("x", "t", "dt"): "mdlm"},
     "_dfm_caching_update": {("x", "t", "p_x0"): "remdm"},
+    # called, not replaced: their contracts must be MDLM's too (BD3-LM's differ)
+    "forward": {("x", "sigma"): "mdlm"},
+    "_sample_t": {("n", "device"): "mdlm"},
+    "q_xt": {("x", "move_chance"): "mdlm"},
 }
 # methods the patched code calls but does not replace
 _CALLED = ("forward", "_sample_t", "q_xt")
