@@ -256,14 +256,17 @@ class MDLMDiffusion(nn.Module):
         copy_flag = (x != self.mask_index).to(x.dtype)
         return copy_flag * x + (1 - copy_flag) * _x
 
-    @torch.no_grad()
-    def _sample(self, num_steps=None, eps=1e-5):
+    def _sample_grid(self, num_steps, eps):
+        """The all-mask prior and MDLM's grid linspace(1, eps, T + 1), dt = (1 - eps) / T."""
         if num_steps is None:
             num_steps = self.config.sampling.steps
         x = self._sample_prior(self.config.loader.eval_batch_size, self.config.model.length)
-        x = x.to(self.device)
         timesteps = torch.linspace(1, eps, num_steps + 1, device=self.device)
-        dt = (1 - eps) / num_steps
+        return x.to(self.device), num_steps, timesteps, (1 - eps) / num_steps
+
+    @torch.no_grad()
+    def _sample(self, num_steps=None, eps=1e-5):
+        x, num_steps, timesteps, dt = self._sample_grid(num_steps, eps)
         p_x0_cache = None
         for i in range(num_steps):
             t = timesteps[i] * torch.ones(x.shape[0], 1, device=self.device)

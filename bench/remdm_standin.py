@@ -131,12 +131,7 @@ class ReMDMDiffusion(MDLMDiffusion):
 
     @torch.no_grad()
     def _sample(self, num_steps=None, eps=1e-5):
-        if num_steps is None:
-            num_steps = self.config.sampling.steps
-        x = self._sample_prior(self.config.loader.eval_batch_size, self.config.model.length)
-        x = x.to(self.device)
-        timesteps = torch.linspace(1, eps, num_steps + 1, device=self.device)
-        dt = (1 - eps) / num_steps
+        x, num_steps, timesteps, dt = self._sample_grid(num_steps, eps)
         p_x0_cache = None
         min_t = timesteps[-1].item()
         conf = -torch.ones_like(x, device=self.device).to(torch.bfloat16) * torch.inf
