@@ -377,7 +377,8 @@ def sample(
     (MDLM's ``_ddpm_caching_update``: materialised float64 posterior over all classes) — the
     same chain, the baseline for timing.
     """
-    from mdfast import reference, sampling
+    from mdfast import baselines as reference
+    from mdfast import sampling
 
     if sampler not in ("mdfast", "reference"):
         raise ValueError(
