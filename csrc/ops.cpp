@@ -25,14 +25,14 @@ TORCH_LIBRARY(mdfast, m) {
       "Tensor lse, int exclude_index) -> ()");
   m.def(
       "linear_masked_ce(Tensor hidden, Tensor weight, Tensor? bias, Tensor target, "
-      "Tensor row_weight, int exclude_index=-1, int? chunk_rows=None, bool compute_grad=False) "
-      "-> (Tensor loss, Tensor lse, Tensor grad_hidden_unit, Tensor grad_weight_unit, "
-      "Tensor grad_bias_unit)");
+      "Tensor row_weight, int exclude_index=-1, int? chunk_rows=None, bool compute_grad=False, "
+      "bool? compact_rows=None) -> (Tensor loss, Tensor lse, Tensor grad_hidden_unit, "
+      "Tensor grad_weight_unit, Tensor grad_bias_unit)");
   m.def(
       "linear_masked_ce_backward(Tensor grad_loss, Tensor hidden, Tensor weight, Tensor? bias, "
       "Tensor target, Tensor row_weight, Tensor lse, Tensor grad_hidden_unit, "
-      "Tensor grad_weight_unit, Tensor grad_bias_unit, int exclude_index, int? chunk_rows) "
-      "-> (Tensor, Tensor, Tensor)");
+      "Tensor grad_weight_unit, Tensor grad_bias_unit, int exclude_index, int? chunk_rows, "
+      "bool? compact_rows=None) -> (Tensor, Tensor, Tensor)");
 
   // --- sampling: sample_x0, mask_step (csrc/include/mdfast/sampling.h) ---
   m.def(

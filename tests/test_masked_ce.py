@@ -325,7 +325,12 @@ def _linear_grads(fn, hidden, weight, bias, target, row_weight, grad_out, **kw):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 @pytest.mark.parametrize("uniform_grad", [True, False])
 @pytest.mark.parametrize("with_bias", [True, False])
-def test_linear_masked_ce_matches_unfused(path, device, dtype, uniform_grad, with_bias, fresh_seed):
+@pytest.mark.parametrize("compact", [None, False])
+def test_linear_masked_ce_matches_unfused(
+    path, device, dtype, uniform_grad, with_bias, compact, fresh_seed
+):
+    """compact=None: the device's default; False: every row multiplied (the GPU default), the
+    zero-weight rows' hidden state replaced by 0 (the reference path has one mode)."""
     g = torch.Generator().manual_seed(fresh_seed)
     n, d, v, exclude = 53, 24, 301, 300
     inputs = _linear_inputs(g, n, d, v, dtype, device, with_bias=with_bias, exclude=exclude)
@@ -335,7 +340,12 @@ def test_linear_masked_ce_matches_unfused(path, device, dtype, uniform_grad, wit
         else torch.randn(n, generator=g, dtype=torch.float64)
     ).to(device)
     got = _linear_grads(
-        ops.linear_masked_ce, *inputs, grad_out, exclude_index=exclude, chunk_rows=7
+        ops.linear_masked_ce,
+        *inputs,
+        grad_out,
+        exclude_index=exclude,
+        chunk_rows=7,
+        compact_rows=compact,
     )
     as64 = [None if t is None or not t.is_floating_point() else t.double() for t in inputs]
     as64[3] = inputs[3]
@@ -391,10 +401,11 @@ def test_linear_masked_ce_gradcheck_and_opcheck(device, fresh_seed):
         (hidden, weight, bias),
     )
     for compute_grad in (False, True):
-        torch.library.opcheck(
-            torch.ops.mdfast.linear_masked_ce.default,
-            (hidden, weight, bias, target, row_weight, -1, 3, compute_grad),
-        )
+        for compact in (True, False):
+            torch.library.opcheck(
+                torch.ops.mdfast.linear_masked_ce.default,
+                (hidden, weight, bias, target, row_weight, -1, 3, compute_grad, compact),
+            )
     torch.library.opcheck(
         torch.ops.mdfast.linear_masked_ce.default,
         (hidden, weight, None, target, row_weight, -1, None, False),

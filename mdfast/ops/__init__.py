@@ -11,7 +11,8 @@ the compiled kernel when one exists for the tensors' device, otherwise the pure-
 :mod:`mdfast.reference`; so a bad argument raises the same error, naming it, on both. Checks that
 need tensor values follow :func:`set_validation`. The modules also register the compiled ops'
 fake (meta) implementations and autograd formulas, so ``torch.compile(fullgraph=True)`` traces
-through every op.
+through every op. (``mdfast.ops.masked_ce`` is the op; its family module is reached by
+``from mdfast.ops.masked_ce import ...``.)
 """
 
 from __future__ import annotations

@@ -44,7 +44,7 @@ def check_masked_ce_args(logits, target, weight, exclude_index) -> None:
 
 
 def check_linear_masked_ce_args(
-    hidden, weight, bias, target, row_weight, exclude_index, chunk_rows
+    hidden, weight, bias, target, row_weight, exclude_index, chunk_rows, compact_rows=None
 ) -> None:
     check.dim(hidden, "hidden", 2)
     check.dim(weight, "weight", 2)
@@ -76,6 +76,8 @@ def check_linear_masked_ce_args(
     )
     if chunk_rows is not None and (isinstance(chunk_rows, bool) or chunk_rows <= 0):
         check.fail(f"argument 'chunk_rows' must be a positive int, got {chunk_rows}", ValueError)
+    if compact_rows is not None and not isinstance(compact_rows, bool):
+        check.fail(f"argument 'compact_rows' must be True, False or None, got {compact_rows!r}")
 
 
 def check_ce_values(target, weight, v: int, exclude_index: int, weight_name: str) -> None:
@@ -166,19 +168,32 @@ def linear_masked_ce(
     row_weight: torch.Tensor,
     exclude_index: int = -1,
     chunk_rows: int | None = None,
+    compact_rows: bool | None = None,
 ) -> torch.Tensor:
     """Output projection fused with :func:`masked_ce`:
 
         loss[n] = masked_ce(hidden @ weight.T + bias, target, row_weight, exclude_index)[n]
 
-    Only rows with nonzero ``row_weight`` are multiplied, ``chunk_rows`` of them at a time, so
-    logits never exist for all rows at once (memory O(chunk_rows x V), not O(N x V)).
-    Gradients flow to ``hidden``, ``weight`` and ``bias`` (accumulated in float32 across chunks).
+    Rows are projected ``chunk_rows`` at a time, so logits never exist for all rows at once
+    (memory O(chunk_rows x V), not O(N x V)). Rows with zero ``row_weight`` contribute nothing
+    (their hidden state is not used). Gradients flow to ``hidden``, ``weight`` and ``bias``
+    (accumulated in float32 across chunks).
+
+    ``compact_rows`` picks how zero-weight rows are skipped:
+
+    * True (the default for CPU tensors): the rows with nonzero weight are found on the host and
+      only they are multiplied. On a GPU this costs host synchronisations (one in the forward,
+      one in the backward).
+    * False (the default on other devices): every row is multiplied, in fixed chunks, with the
+      hidden state of zero-weight rows replaced by 0. No host synchronisation (a loop of calls
+      can be captured in a CUDA graph); the GEMMs cost N rows rather than the active ones.
 
     When gradients are needed, each chunk's gradients (for a unit upstream gradient) are formed
-    in the forward while its logits are at hand; the backward scales them when the upstream
-    gradient is the same on every row with nonzero weight (``loss.sum()`` / ``.mean()``) and
-    otherwise recomputes the chunks.
+    in the forward while its logits are at hand. The backward scales them when the upstream
+    gradient is one broadcast value (``loss.sum()``, scaled afterwards as you like) or, with
+    ``compact_rows``, when its values are equal on every row with nonzero weight (``.mean()``
+    too); otherwise it recomputes the chunks with the per-row gradient (exact; about a third more
+    GEMM work). So on a GPU, reduce with ``.sum()`` (then divide) rather than ``.mean()``.
 
     Args:
         hidden: [N, D] float32 / bfloat16 / float16 (float64 for gradcheck).
@@ -187,12 +202,15 @@ def linear_masked_ce(
         target: int64[N]; row_weight: float32[N] non-negative (a constant: no gradient).
         exclude_index: class left out of the softmax, or -1.
         chunk_rows: rows per chunk; None picks about 2^25 / V.
+        compact_rows: see above; None picks by device.
 
     Returns:
         float32[N] (float64 for float64 inputs).
     """
     check.no_grad(row_weight, "row_weight")
-    check_linear_masked_ce_args(hidden, weight, bias, target, row_weight, exclude_index, chunk_rows)
+    check_linear_masked_ce_args(
+        hidden, weight, bias, target, row_weight, exclude_index, chunk_rows, compact_rows
+    )
     kernel = _extension.has_kernel(hidden.device)
     if checks_values_here(hidden.device, kernel):
         check_ce_values(target, row_weight, weight.shape[0], exclude_index, "row_weight")
@@ -211,6 +229,7 @@ def linear_masked_ce(
             exclude_index,
             chunk_rows,
             compute_grad,
+            compact_rows,
         )[0]
     return reference.linear_masked_ce(hidden, weight, bias, target, row_weight, exclude_index)
 
@@ -293,10 +312,10 @@ if _extension.has_ops:
         )
 
     def _linear_masked_ce_setup_context(ctx, inputs, output):
-        hidden, weight, bias, target, row_weight, exclude_index, chunk_rows, _ = inputs
+        hidden, weight, bias, target, row_weight, exclude_index, chunk_rows, _, compact = inputs
         _, lse, gh, gw, gb = output
         ctx.save_for_backward(hidden, weight, bias, target, row_weight, lse, gh, gw, gb)
-        ctx.options = (exclude_index, chunk_rows)
+        ctx.options = (exclude_index, chunk_rows, compact)
         ctx.has_bias = bias is not None
         ctx.mark_non_differentiable(lse, gh, gw, gb)
 
@@ -304,7 +323,7 @@ if _extension.has_ops:
         grad_hidden, grad_weight, grad_bias = torch.ops.mdfast.linear_masked_ce_backward(
             grad_loss, *ctx.saved_tensors, *ctx.options
         )
-        return grad_hidden, grad_weight, grad_bias if ctx.has_bias else None, *([None] * 5)
+        return grad_hidden, grad_weight, grad_bias if ctx.has_bias else None, *([None] * 6)
 
     torch.library.register_autograd(
         "mdfast::linear_masked_ce",

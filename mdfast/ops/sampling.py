@@ -5,7 +5,6 @@ contracts and fake impls (no gradients)."""
 from __future__ import annotations
 
 import math
-from numbers import Integral, Real
 
 import torch
 
@@ -24,11 +23,11 @@ _MAX_CLASSES = 2**31
 
 
 def check_sampling_params(temperature, top_p, top_k, nucleus, seed, offset) -> None:
-    if not (isinstance(temperature, Real) and math.isfinite(temperature) and temperature >= 0):
+    if not (check.is_real(temperature) and math.isfinite(temperature) and temperature >= 0):
         check.fail(f"argument 'temperature' must be finite and >= 0, got {temperature}", ValueError)
-    if not (isinstance(top_p, Real) and 0.0 < top_p <= 1.0):
+    if not (check.is_real(top_p) and 0.0 < top_p <= 1.0):
         check.fail(f"argument 'top_p' must be in (0, 1], got {top_p}", ValueError)
-    if isinstance(top_k, bool) or not isinstance(top_k, Integral) or top_k < 0:
+    if not check.is_int(top_k) or top_k < 0:
         check.fail(f"argument 'top_k' must be >= 0, got {top_k}", ValueError)
     check.arg_int(seed, "seed")
     check.arg_int(offset, "offset")
