@@ -116,8 +116,10 @@ def good_arguments(op: str, device: torch.device) -> dict:
 # ------------------------------------------------------------------------------- the raw ops
 
 
-def _alpha(a, b):
-    return a if isinstance(a, torch.Tensor) else torch.full((b,), float(a), dtype=torch.float64)
+def _as_tensor(value, shape, device):
+    if isinstance(value, torch.Tensor):
+        return value
+    return torch.full(shape, float(value), dtype=torch.float64, device=device)
 
 
 def call_raw(op: str, kw: dict):
@@ -149,12 +151,13 @@ def call_raw(op: str, kw: dict):
         )  # fmt: skip
     if op == "mask_step":
         x = kw["x"]
-        b = x.shape[0] if x.dim() == 2 else 1
+        b = (x.shape[0] if x.dim() == 2 else 1,)
         remask = kw.get("remask")
-        if remask is not None and not isinstance(remask, torch.Tensor):
-            remask = torch.full(tuple(x.shape), float(remask), dtype=torch.float64)
+        if remask is not None:
+            remask = _as_tensor(remask, tuple(x.shape), x.device)
         return ops.mask_step(
-            x, kw["logits"], _alpha(kw["alpha_t"], b), _alpha(kw["alpha_s"], b), remask,
+            x, kw["logits"], _as_tensor(kw["alpha_t"], b, x.device),
+            _as_tensor(kw["alpha_s"], b, x.device), remask,
             kw.get("confidence"), kw["mask_index"], sampling[0], sampling[1], sampling[2],
             kw.get("nucleus", "remdm"), kw["seed"], kw["offset"],
         )  # fmt: skip
