@@ -24,7 +24,7 @@ def test_every_prime_preset_resolves_with_consistent_digits():
         digits = m.get("digits", m.get("num_digits"))
         assert digits == o["num_digits"], name
         if m["name"] == "unet" and not o["super_token"]:
-            from mdfast.prime import prime_base
+            from mdfast.digits import prime_base
 
             assert m["digit_vocab"] == prime_base(o["num_classes"], digits) + 1, name
     assert experiments.get("prime-cifar10-l2")["sample"]["timestep_parameters"] == [1.0, 1.7, 0.0]

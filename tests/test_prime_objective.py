@@ -10,7 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from mdfast import prime, reference
+from mdfast import digits as codec
+from mdfast import reference
 from mdfast.diffusion.prime import digit_schedule
 from mdfast.diffusion.prime_objective import PrimeObjective
 from mdfast.models.dit import DiTConfig
@@ -52,7 +53,7 @@ def test_image_loss_is_prime_ce_of_the_digits_the_model_saw(training, fresh_seed
     x, _ = model.seen[0]
     # the model input: channel c·ℓ + j holds digit j of colour c, or the mask id 16
     assert x.shape == (b, 3 * ell, s, s)
-    digits = prime.encode(images.long(), c, ell)  # [B, 3, H, W, ℓ]
+    digits = codec.encode(images.long(), c, ell)  # [B, 3, H, W, ℓ]
     for j in range(ell):
         for col in range(3):
             seen = x[:, col * ell + j]
@@ -88,7 +89,7 @@ def test_image_loss_with_elbo_weighting_and_super_tokens(fresh_seed):
     _fixed_times(obj, t)
     loss, _ = obj(images)
     x, _ = model.seen[0]
-    tokens = prime.super_encode(images.long())  # [B, 2, H, W]
+    tokens = codec.super_encode(images.long())  # [B, 2, H, W]
     assert ((x == 4096) | (x == tokens)).all()
     per = reference.prime_ce(
         logits[..., :4096].reshape(-1, 4096), tokens.reshape(-1), x.reshape(-1, 1), 4096, "joint"
@@ -176,7 +177,7 @@ def _tiny_unet(ell: int, c: int = 16):
         "tiny",
         tokens_per_pixel=1,
         digits=ell,
-        digit_vocab=prime.prime_base(c, ell) + 1,
+        digit_vocab=codec.prime_base(c, ell) + 1,
         num_classes=c,
         image_size=4,
         channel_mult=[1, 2],
@@ -196,8 +197,8 @@ def test_imputation_never_changes_the_fixed_subtokens(fresh_seed):
         nfe=8, carry_over=True, corrector_parameters=(20.0, 1.0), seed=fresh_seed % 2**62
     )
     out, start = obj.impute(images, [0, 2], settings)
-    want = prime.encode(images.long(), c, ell)
-    got = prime.encode(out.long(), c, ell)
+    want = codec.encode(images.long(), c, ell)
+    got = codec.encode(out.long(), c, ell)
     assert torch.equal(got[..., [0, 2]], want[..., [0, 2]])
     assert (start[..., [1, 3]] == obj.process.mask_id).all()
     assert not torch.equal(got, want)  # the free digits were sampled, not copied

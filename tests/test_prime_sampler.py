@@ -11,7 +11,7 @@ import pytest
 import torch
 from scipy import stats
 
-from mdfast import prime
+from mdfast import digits as codec
 from mdfast.diffusion import Prime
 from mdfast.rng import PhiloxStream
 from mdfast.sampling.prime import (
@@ -126,7 +126,7 @@ CASES = [(9, 2, (3, 3)), (9, 2, (1, 3)), (12, 2, (4, 4)), (8, 3, (2, 1, 2))]
 def test_sampler_call_matches_exact_law(mode, corrector, num_classes, ell, start, fresh_seed):
     """One call of the sampler (predictor at T(τ), then the corrector with h = σ - τ) on 60k
     copies of one token: chi-square of the digit vectors against the enumerated law."""
-    base = prime.prime_base(num_classes, ell)
+    base = codec.prime_base(num_classes, ell)
     assert start[0] <= base
     n, tau, sigma, sched_n = 60_000, 0.55, 0.7, 3.0
     g = torch.Generator().manual_seed(fresh_seed)
@@ -204,7 +204,7 @@ def test_sampler_ends_fully_revealed_and_valid(fresh_seed):
     y = prime_sample(denoiser, process, torch.full((5, 40, ell), process.mask_id), settings)
     assert len(calls) == 6 and calls == sorted(calls)
     assert (y != process.mask_id).all()
-    assert (prime.decode(y, num_classes, ell) < num_classes).all()
+    assert (codec.decode(y, num_classes, ell) < num_classes).all()
     again = prime_sample(denoiser, process, torch.full((5, 40, ell), process.mask_id), settings)
     assert torch.equal(y, again)  # same seed, same samples
 

@@ -6,7 +6,7 @@ Layouts:
 
 * ``"image"``: a batch holds uint8 images [B, 3, H, W]; sub-pixel value v is class v of
   C = 256, or (``super_token``) each pixel's 24 bits are two 12-bit tokens (C = 4096,
-  :func:`mdfast.prime.super_encode`). Token n of an image is (colour or super-token t, row, col)
+  :func:`mdfast.digits.super_encode`). Token n of an image is (colour or super-token t, row, col)
   in that order, L = T·H·W. The backbone (:class:`mdfast.models.UNet`) takes the digits as
   [B, T·ℓ, H, W] (channel t·ℓ + j) and returns [B, T, H, W, C'] (C' ≥ C; a seed MDM's extra
   mask logit is dropped). Optional random horizontal flips (training only).
@@ -45,7 +45,7 @@ from mdfast import ops
 from mdfast.data.images import random_hflip
 from mdfast.diffusion.base import Objective, unpack
 from mdfast.diffusion.prime import Prime
-from mdfast.prime import decode, super_decode, super_encode
+from mdfast.digits import decode, super_decode, super_encode
 from mdfast.sampling.prime import PrimeSamplerSettings, prime_sample
 
 __all__ = ["PrimeObjective"]

@@ -31,9 +31,9 @@ from pathlib import Path
 
 import torch
 
+from mdfast.digits import prime_base
 from mdfast.models.dit import load_state_dict_checked
 from mdfast.models.unet import UNET_PRESETS, UNet, UNetConfig
-from mdfast.prime import prime_base
 
 __all__ = [
     "CheckpointMismatchError",

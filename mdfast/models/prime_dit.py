@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from mdfast.digits import prime_base
 from mdfast.models.dit import DiT, DiTConfig, EmbeddingLayer
-from mdfast.prime import prime_base
 
 __all__ = ["PrimeDiT"]
 

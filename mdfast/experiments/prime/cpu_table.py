@@ -15,7 +15,7 @@ same sampler (exact joint step, ``--nfe`` calls, no temperature / corrector / wa
   digits' own score is printed as the floor for that sample size;
 * **sampling**: wall time of ``--samples`` samples with the fused kernels
   (:func:`mdfast.sampling.prime.prime_sample`) and with the seed-style materialised step
-  (:func:`mdfast.prime_baselines.seed_prime_image_sample`), the same denoiser calls in both; and
+  (:func:`mdfast.baselines.seed_prime_image_sample`), the same denoiser calls in both; and
   the time spent in the steps alone (total minus denoiser time).
 
 Writes ``table.md``, ``results.json`` and ``samples.png`` (rows ℓ = 1, 2, 4) under ``--out``.
@@ -32,11 +32,11 @@ from pathlib import Path
 import torch
 
 from mdfast import experiments
+from mdfast.baselines import seed_prime_image_sample
 from mdfast.experiments.build import build_data, build_model, build_objective
 from mdfast.experiments.prime.digits8 import LEVELS, classifier_frechet, train_classifier
 from mdfast.experiments.prime.evaluation import nll_bpd
 from mdfast.metrics.frechet import GaussianStats
-from mdfast.prime_baselines import seed_prime_image_sample
 from mdfast.sampling.prime import PrimeSamplerSettings
 from mdfast.train import TrainConfig, train
 

@@ -20,7 +20,7 @@ warm-up steps then constant, batch 512, bf16, clip 1.0, EMA 0.9999, 1M steps. Da
 
 from __future__ import annotations
 
-from mdfast.prime import prime_base
+from mdfast.digits import prime_base
 
 __all__ = ["EPOCHS", "IMAGE_DIGITS", "PRESETS", "SAMPLE_SETTINGS", "TEXT_DIGITS", "image_preset"]
 

@@ -134,8 +134,8 @@ def _fail(msg: str) -> SystemExit:
 
 def preset_for(args) -> tuple[str, dict]:
     """(preset name, raw preset) for the seed flags, with their checks."""
+    from mdfast.digits import prime_base
     from mdfast.experiments.prime.presets import image_preset
-    from mdfast.prime import prime_base
 
     dataset = _VARIANTS.get(args.dataset)
     if dataset is None:

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mdfast.prime import prime_base
+from mdfast.digits import prime_base
 
 __all__ = ["ToyMLP", "density_from_image", "draw_points", "main", "plot"]
 
