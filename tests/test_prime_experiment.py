@@ -150,3 +150,30 @@ def _load(out):
     objective = build_objective(cfg["objective"], build_model(cfg["model"]))
     objective.load_state_dict(state["model"])
     return cfg, objective.eval(), state
+
+
+def test_toy_density_points_sampler_and_plot(tmp_path):
+    from PIL import Image
+
+    from mdfast.diffusion.prime_objective import PrimeObjective
+    from mdfast.experiments.prime.toy import ToyMLP, density_from_image, draw_points, plot
+    from mdfast.sampling.prime import PrimeSamplerSettings
+
+    arr = np.zeros((16, 16), np.uint8)
+    arr[2:6, 9:14] = 255
+    Image.fromarray(arr).save(tmp_path / "d.png")
+    density = density_from_image(str(tmp_path / "d.png"), size=16)
+    assert density.sum() == pytest.approx(1.0)
+    pts = draw_points(density, 500, seed=1)
+    assert ((pts[:, 0] >= 2) & (pts[:, 0] < 6) & (pts[:, 1] >= 9) & (pts[:, 1] < 14)).all()
+    model = ToyMLP(16, 2, hidden=16)
+    obj = PrimeObjective(
+        model, num_classes=16, num_digits=2, layout="sequence", convention="mdlm", weighting="elbo"
+    ).eval()
+    loss, _ = obj(pts[:8])
+    assert torch.isfinite(loss)
+    samples = obj.sample(10, PrimeSamplerSettings(nfe=4, seed=3), length=2)
+    assert samples.shape == (10, 2) and int(samples.max()) < 16
+    assert plot(density, {2: samples}, tmp_path / "toy.png").is_file()
+    with pytest.raises(FileNotFoundError, match="--image"):
+        density_from_image(str(tmp_path / "missing.png"))

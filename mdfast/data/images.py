@@ -2,8 +2,8 @@
 pickled batches), random horizontal flips, and PNG grids.
 
 Images are kept as ``uint8 [N, 3, H, W]``; a sub-pixel value v ∈ [0, 255] is class v of C = 256
-(the MDM image experiments' "pixels ×255 → 256 classes", without the float round trip that can
-truncate v − 1 for some v). Both loaders return ``{"input_ids": uint8 [N, 3, H, W],
+(the MDM image experiments' "pixels ×255 → 256 classes", without a float round trip). Both
+loaders return ``{"input_ids": uint8 [N, 3, H, W],
 "label": int64 [N]}``, the dict batches of :mod:`mdfast.train.data`.
 
 * CIFAR-10: ``torchvision.datasets.CIFAR10(root, train, download=False)`` reading

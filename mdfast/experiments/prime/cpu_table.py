@@ -220,8 +220,8 @@ def main(argv=None) -> int:
         prog="python -m mdfast.experiments.prime.cpu_table", description=__doc__.split("\n\n")[0]
     )
     p.add_argument("--out", default="runs/prime-digits8")
-    p.add_argument("--steps", type=int, default=450, help="training steps per model")
-    p.add_argument("--samples", type=int, default=400, help="samples per model (Fréchet)")
+    p.add_argument("--steps", type=int, default=600, help="training steps per model")
+    p.add_argument("--samples", type=int, default=800, help="samples per model (Fréchet)")
     p.add_argument("--timing-samples", type=int, default=64, help="samples of the timing runs")
     p.add_argument("--nfe", type=int, default=32, help="denoiser calls per sample")
     p.add_argument("--times", type=int, default=16, help="K, ELBO time samples per digit")
