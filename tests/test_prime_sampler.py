@@ -9,7 +9,7 @@ import warnings
 
 import pytest
 import torch
-from scipy import stats
+from helpers import chisquare_against_law
 
 from mdfast import digits as codec
 from mdfast.diffusion import Prime
@@ -168,17 +168,7 @@ def test_sampler_call_matches_exact_law(mode, corrector, num_classes, ell, start
     keys, counts = torch.unique(out[0], dim=0, return_counts=True)
     observed = {tuple(k.tolist()): int(c) for k, c in zip(keys, counts, strict=True)}
     assert set(observed) <= {k for k, v in law.items() if v > 0}
-    outcomes = sorted(law, key=lambda y: -law[y])
-    exp = [n * law[y] for y in outcomes]
-    obs = [observed.get(y, 0) for y in outcomes]
-    big = [i for i, e in enumerate(exp) if e >= 5]
-    small = [i for i, e in enumerate(exp) if e < 5]
-    e_bins = [exp[i] for i in big] + ([sum(exp[i] for i in small)] if small else [])
-    o_bins = [obs[i] for i in big] + ([sum(obs[i] for i in small)] if small else [])
-    if len(e_bins) > 1:
-        assert stats.chisquare(o_bins, e_bins).pvalue > 1e-6, (o_bins, e_bins)
-    else:
-        assert o_bins == [n]
+    assert chisquare_against_law(observed, law, n) > 1e-6, (observed, law)
 
 
 def test_sampler_ends_fully_revealed_and_valid(fresh_seed):

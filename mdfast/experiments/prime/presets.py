@@ -21,6 +21,7 @@ warm-up steps then constant, batch 512, bf16, clip 1.0, EMA 0.9999, 1M steps. Da
 from __future__ import annotations
 
 from mdfast.digits import prime_base
+from mdfast.experiments.text import _MDLM_TRAIN
 
 __all__ = ["EPOCHS", "IMAGE_DIGITS", "PRESETS", "SAMPLE_SETTINGS", "TEXT_DIGITS", "image_preset"]
 
@@ -147,19 +148,7 @@ def _text_preset(ell: int) -> dict:
             "weighting": "elbo",
         },
         "data": {"name": "tokens"},
-        "train": {
-            "lr": 3e-4,
-            "warmup": 2500,
-            "lr_schedule": "constant",
-            "batch_size": 512,
-            "precision": "bf16",
-            "clip": 1.0,
-            "ema": 0.9999,
-            "steps": 1_000_000,
-            "ckpt_every": 5000,
-            "log_every": 100,
-            "out_dir": f"runs/prime-owt-l{ell}",
-        },
+        "train": {**_MDLM_TRAIN, "out_dir": f"runs/prime-owt-l{ell}"},
         "sample": {"sampler": "prime", "steps": 1024, "batch_size": 16, "length": 1024},
     }
 
