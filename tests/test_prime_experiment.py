@@ -177,3 +177,125 @@ def test_toy_density_points_sampler_and_plot(tmp_path):
     assert plot(density, {2: samples}, tmp_path / "toy.png").is_file()
     with pytest.raises(FileNotFoundError, match="--image"):
         density_from_image(str(tmp_path / "missing.png"))
+
+
+def test_seed_command_line_end_to_end_on_imagenet32_pickles(tmp_path, monkeypatch, capsys):
+    """Train (no --mode), then compute_nll_bpd, sample_data, imputation and eval_fid's missing
+    Inception file, with the seed's flags on ImageNet-32 pickles the test writes; a small UNet
+    stands in for the 114M-parameter one."""
+    import pickle
+
+    rng = np.random.default_rng(0)
+    for i in range(1, 11):
+        (tmp_path / "train").mkdir(exist_ok=True)
+        with open(tmp_path / "train" / f"train_data_batch_{i}", "wb") as f:
+            pickle.dump(
+                {"data": rng.integers(0, 256, (2, 3072), dtype=np.uint8), "labels": [1, 2]}, f
+            )
+    (tmp_path / "val").mkdir()
+    with open(tmp_path / "val" / "val_data", "wb") as f:
+        pickle.dump(
+            {"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8), "labels": [3, 4, 5, 6]}, f
+        )
+    real = seed_cli.preset_for
+
+    def small(args):
+        name, raw = real(args)
+        raw["model"] = {
+            "name": "unet",
+            "preset": "tiny",
+            "tokens_per_pixel": 3,
+            "digits": 2,
+            "digit_vocab": 17,
+            "num_classes": 256,
+            "image_size": 32,
+            "model_channels": 16,
+            "token_dim": 16,
+            "channel_mult": [1, 2],
+            "attention_resolutions": [8],
+            "num_head_channels": 16,
+        }
+        return name, raw
+
+    monkeypatch.setattr(seed_cli, "preset_for", small)
+    out = tmp_path / "out"
+    common = [
+        "--dataset",
+        "imagenet",
+        "--target_length",
+        "2",
+        "--data_path",
+        str(tmp_path),
+        "--output_dir",
+        str(out),
+        "--device",
+        "cpu",
+        "--use_ema",
+    ]
+    assert seed_cli.main([*common, "--epochs", "1", "--batch_size", "5"]) == 0  # 20 / 5 steps
+    assert (out / "ckpt-00000004.pt").is_file()
+    assert (
+        seed_cli.main(
+            [*common, "--mode", "compute_nll_bpd", "--nll_times", "2", "--batch_size", "3"]
+        )
+        == 0
+    )
+    nll = json.loads((out / "compute_nll_bpd.json").read_text())
+    assert nll["images"] == 4 and nll["num_times"] == 2 and 0 < nll["bits_per_dim"] < 16
+    assert (
+        seed_cli.main(
+            [
+                *common,
+                "--mode",
+                "sample_data",
+                "--split_size",
+                "3",
+                "--nfe",
+                "3",
+                "--batch_size",
+                "2",
+                "--carry_over",
+                "--use_corrector_step",
+                "--corrector_parameters",
+                "4",
+                "1",
+                "0.75",
+            ]
+        )
+        == 0
+    )
+    target = (
+        out
+        / "fid_samples"
+        / "temp=1.0_temp_n=0.0_temp_b=0.0_cor=4.0_cor_n=1.0_cor_b=0.75_step=3_co"
+    )
+    assert sorted(p.name for p in target.iterdir()) == [
+        "batch_00000.npy",
+        "batch_00001.npy",
+        "grid.png",
+    ]
+    assert np.load(target / "batch_00001.npy").shape == (1, 32, 32, 3)
+    assert (
+        seed_cli.main(
+            [
+                *common,
+                "--mode",
+                "imputation",
+                "--fid_samples",
+                "2",
+                "--batch_size",
+                "2",
+                "--nfe",
+                "3",
+                "--subtoken_index",
+                "0",
+            ]
+        )
+        == 0
+    )
+    assert len(list((out / "imputation").glob("imputation_*.png"))) == 2
+    monkeypatch.setenv("MDFAST_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    with pytest.raises(SystemExit):
+        seed_cli.main([*common, "--mode", "eval_fid", "--nfe", "2", "--fid_samples", "2"])
+    assert "weights-inception-2015-12-05-6726825d.pth" in capsys.readouterr().err

@@ -233,22 +233,19 @@ def _setup_dir(args) -> str:
 
 def _train(args, name: str, cfg: dict) -> int:
     from mdfast.experiments.build import build_data, build_model, build_objective
-    from mdfast.experiments.prime.presets import STEPS_PER_EPOCH
     from mdfast.train import TrainConfig, train
 
-    n_train = {"cifar10": 50_000, "imagenet32": 1_281_167}[cfg["data"]["name"]]
-    per_rank = args.batch_size * args.accum_iter
-    steps_per_epoch = max(1, n_train // _world() // per_rank)
-    if steps_per_epoch != STEPS_PER_EPOCH[cfg["data"]["name"]]:
-        print(f"mdfast: {steps_per_epoch} steps per epoch at this batch size", file=sys.stderr)
+    train_data, _ = build_data(cfg["data"])
+    n_train = len(train_data["input_ids"])
+    # the seed drops the last partial batch of each rank's shard
+    steps_per_epoch = max(1, n_train // _world() // (args.batch_size * args.accum_iter))
+    print(f"mdfast: {n_train} images, {steps_per_epoch} steps per epoch", file=sys.stderr)
     cfg["train"]["steps"] = args.epochs * steps_per_epoch
     cfg["train"]["ckpt_every"] = max(1, args.eval_frequency) * steps_per_epoch
     torch.manual_seed(args.seed)
     objective = build_objective(cfg["objective"], build_model(cfg["model"]))
     if args.resume:
-        from mdfast.models.mdm_prime_checkpoint import is_mdm_prime_checkpoint, read_checkpoint
-
-        if is_mdm_prime_checkpoint(read_checkpoint(args.resume)):
+        if _is_released(args.resume):
             model = _released_model(args, cfg)
             objective.model.load_state_dict(model.state_dict())
             warnings.warn(
@@ -259,11 +256,27 @@ def _train(args, name: str, cfg: dict) -> int:
             )
         else:
             cfg["train"]["resume"] = args.resume
-    train_data, _ = build_data(cfg["data"])
     result = train(objective, train_data, TrainConfig(**cfg["train"]), full_config=cfg)
     if int(os.environ.get("RANK", 0)) == 0:
         print(f"mdfast: {name} trained to step {result['step']}, checkpoint {result['checkpoint']}")
     return 0
+
+
+def _is_released(path: str) -> bool:
+    """Whether ``path`` is a released MDM-Prime ``.pth`` (else an mdfast training checkpoint,
+    whose RNG states need the full unpickler)."""
+    import pickle
+
+    from mdfast.models.mdm_prime_checkpoint import (
+        CheckpointMismatchError,
+        is_mdm_prime_checkpoint,
+        read_checkpoint,
+    )
+
+    try:
+        return is_mdm_prime_checkpoint(read_checkpoint(path))
+    except (pickle.UnpicklingError, CheckpointMismatchError):
+        return False
 
 
 def _released_model(args, cfg: dict):
@@ -283,7 +296,6 @@ def _load_objective(args, cfg: dict):
     """The objective with the weights of ``--resume`` (an mdfast checkpoint or a released
     ``.pth``), EMA weights with ``--use_ema``; on the GPU when there is one."""
     from mdfast.experiments.build import build_model, build_objective
-    from mdfast.models.mdm_prime_checkpoint import is_mdm_prime_checkpoint, read_checkpoint
     from mdfast.train import checkpoint as ckpt_io
     from mdfast.train.ema import EMA
     from mdfast.train.trainer import setup_distributed
@@ -297,7 +309,7 @@ def _load_objective(args, cfg: dict):
         raise _fail(f"--resume: checkpoint file '{args.resume}' not found")
     _, _, device = setup_distributed("" if args.device == "cuda" else args.device)
     objective = build_objective(cfg["objective"], build_model(cfg["model"]))
-    if is_mdm_prime_checkpoint(read_checkpoint(args.resume)):
+    if _is_released(args.resume):
         objective.model = _released_model(args, cfg)
     else:
         state = ckpt_io.load(args.resume)
