@@ -33,7 +33,7 @@ def _sedd(model, o):
 def _ar(model, o):
     from mdfast.diffusion import AR
 
-    return AR(model)
+    return AR(model, **o)
 
 
 def _imdm(model, o):
@@ -52,8 +52,8 @@ def _interpolant(model, o):
 # register_objective (e.g. the Prime objective), and every field becomes overridable.
 OBJECTIVES: dict[str, tuple[dict, object]] = {
     "mdlm": ({"mask_index": -1, "T": 0, "fused": False, **_DIFF}, _mdlm),
-    "sedd": ({"mask_index": -1, **_DIFF}, _sedd),
-    "ar": ({}, _ar),
+    "sedd": ({"mask_index": -1, "fused": False, **_DIFF}, _sedd),
+    "ar": ({"exclude_index": -1, "fused": False}, _ar),
     "imdm": (
         {"mask_index": -1, "T": 0, "fused": False, "noise_dim": 0, "noise_scale": 1.0, **_DIFF},
         _imdm,
@@ -77,17 +77,16 @@ def build_model(m: dict):
     m = dict(m)
     name = m.pop("name")
     m.pop("preset", None)
+    m.pop("random_init", None)  # a CLI switch (eval/sample without a checkpoint), not a field
     if name == "dit":
-        from mdfast.models.dit import DiT, DiTConfig, load_mdlm
+        from mdfast.models.dit import DiT, DiTConfig
 
         causal = m.pop("causal")
         init_from = m.pop("init_from")
         if init_from:
-            model = load_mdlm(init_from, DiTConfig(**m))
-            model.causal = causal
-            for b in model.blocks:
-                b.causal = causal
-            return model
+            from mdfast.models.published import load_pretrained
+
+            return load_pretrained(init_from, DiTConfig(**m), causal=causal)
         return DiT(DiTConfig(**m), causal=causal)
     if name == "unet":
         from mdfast.models.unet import UNet, UNetConfig
