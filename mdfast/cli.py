@@ -276,18 +276,35 @@ def _sample(args) -> int:
         kwargs["schedule"] = sp["schedule"]
     if time_conditioned:
         kwargs["time_conditioned"] = True
+    if sp["sampler"].startswith("remdm-"):
+        kwargs.update({k: sp[k] for k in ("t_on", "t_off", "alpha_on")})
+        if sp["eta"] >= 0:
+            kwargs["eta"] = sp["eta"]
     amp = _autocast_dtype(sp["precision"], dev)
     ctx = torch.autocast(dev.type, dtype=amp) if amp is not None else contextlib.nullcontext()
-    with torch.no_grad(), ctx:
-        res = sampling.sample(model, sampler=sp["sampler"], length=int(length), device=dev,
-                              mask_index=cfg["objective"]["mask_index"], **kwargs)  # fmt: skip
+    xs, nfe, steps = [], 0, 0
+    for b in range(max(1, sp["num_batches"])):
+        kw = {**kwargs, "seed": sp["seed"] + b * 1_000_003}
+        with torch.no_grad(), ctx:
+            if sp["semi_ar"]:
+                res = sampling.semi_ar(model, sampler=sp["sampler"], length=int(length),
+                                       device=dev, mask_index=cfg["objective"]["mask_index"],
+                                       stride_length=sp["stride_length"],
+                                       num_strides=sp["num_strides"], **kw)  # fmt: skip
+            else:
+                res = sampling.sample(model, sampler=sp["sampler"], length=int(length),
+                                      device=dev, mask_index=cfg["objective"]["mask_index"],
+                                      **kw)  # fmt: skip
+        xs.append(res.x)
+        nfe, steps = nfe + res.nfe, steps + res.steps
+    x = torch.cat(xs)
     if rank != 0:
         return 0
     if sp["out"]:
-        torch.save(res.x.cpu(), sp["out"])
-    print(json.dumps({"checkpoint": path, "sampler": sp["sampler"], "shape": list(res.x.shape),
-                      "nfe": res.nfe, "steps": res.steps, "out": sp["out"] or None,
-                      "device": str(dev), "samples": res.x[: min(2, len(res.x))].tolist()}))  # fmt: skip
+        torch.save(x.cpu(), sp["out"])
+    print(json.dumps({"checkpoint": path, "sampler": sp["sampler"], "shape": list(x.shape),
+                      "nfe": nfe, "steps": steps, "out": sp["out"] or None,
+                      "device": str(dev), "samples": x[: min(2, len(x))].tolist()}))  # fmt: skip
     return 0
 
 

@@ -116,7 +116,10 @@ def _eval_defaults(_: dict) -> dict:
 def _sample_defaults(_: dict) -> dict:
     return {"ckpt": "", "sampler": "ddpm_cache", "steps": 128, "batch_size": 4, "length": 0,
             "seed": 0, "schedule": "", "temperature": 1.0, "top_p": 1.0, "top_k": 0,
-            "noise_removal": True, "use_ema": True, "out": "", "precision": "auto"}  # fmt: skip
+            "noise_removal": True, "use_ema": True, "out": "", "precision": "auto",
+            # ReMDM (eta < 0: the strategy's default), semi-AR windows, repeated batches
+            "eta": -1.0, "t_on": 0.55, "t_off": 0.05, "alpha_on": 0.9,
+            "semi_ar": False, "stride_length": 0, "num_strides": 0, "num_batches": 1}  # fmt: skip
 
 
 _DEFAULTS = {
