@@ -165,9 +165,10 @@ def _prepare_text(args) -> int:
     if not d["path"]:
         raise experiments.ConfigError("mdfast: set data.path (the output directory)")
     headers = prepare_text(**{k: v for k, v in d.items() if k != "name"})
-    print(json.dumps({"path": d["path"], "splits": {
-        s: {k: h[k] for k in ("rows", "length", "num_tokens", "documents", "dtype", "layout",
-                              "model_vocab_size", "mask_id")} for s, h in headers.items()}}))  # fmt: skip
+    keys = ("rows", "length", "num_tokens", "documents", "dtype", "layout", "model_vocab_size",
+            "mask_id")  # fmt: skip
+    splits = {s: {k: h[k] for k in keys} for s, h in headers.items()}
+    print(json.dumps({"path": d["path"], "splits": splits}))
     return 0
 
 
@@ -385,7 +386,8 @@ def _eval(args) -> int:
     first = next(iter(results.values()))
     out = {"checkpoint": path, "init_from": cfg["model"].get("init_from") or None,
            "objective": cfg["objective"]["name"], "device": str(dev),
-           "precision": "bf16" if amp is not None else "fp32", **first, "datasets": results}  # fmt: skip
+           "precision": "bf16" if amp is not None else "fp32",
+           **first, "datasets": results}  # fmt: skip
     if rank == 0:
         print(json.dumps(out))
         if ev["out"]:
@@ -418,10 +420,17 @@ def main(argv: list[str] | None = None) -> int:
         clean = True
         return rc
     except (ConfigError, CheckpointError, NonFiniteLossError, FileNotFoundError,
-            FileExistsError) as e:  # fmt: skip
+            FileExistsError, ValueError, KeyError) as e:  # fmt: skip
+        msg = str(e).strip("\"'")
+        if (
+            isinstance(e, (ValueError, KeyError))
+            and not isinstance(e, ConfigError)
+            and (not msg.startswith("mdfast"))
+        ):
+            raise  # not one of our bad-input errors: a bug, keep the traceback
         clean = True  # raised identically on every rank (shared files, all-reduced loss)
         if int(os.environ.get("RANK", 0)) == 0:
-            print(f"error: {e}", file=sys.stderr)
+            print(f"error: {msg}", file=sys.stderr)
         return 2 if isinstance(e, ConfigError) else 1
     finally:
         try:

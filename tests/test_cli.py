@@ -174,6 +174,7 @@ def test_train_then_sample(tmp_path, capsys, preset, sampler):
 
 
 def test_sample_unsupported_objective(tmp_path, capsys):
-    rc, _, err = _run(["sample", "tiny-ar", f"train.out_dir={tmp_path}", "model.random_init=true"],
-                     capsys)
+    rc, _, err = _run(
+        ["sample", "tiny-ar", f"train.out_dir={tmp_path}", "model.random_init=true"], capsys
+    )
     assert rc == 1 and "not supported" in err

@@ -68,7 +68,9 @@ def test_antithetic_mean_equals_single_t_with_smaller_variance():
     for est in (single, anti):  # each unbiased: within 4.5 standard errors of the exact value
         assert abs(est.mean() - exact) < 4.5 * est.std() / math.sqrt(len(est)), (est.mean(), exact)
     # same mean as each other, and K lattice points beat K independent times by a wide margin
-    z = (single.mean() - anti.mean()) / math.sqrt(single.var() / len(single) + anti.var() / len(anti))
+    z = (single.mean() - anti.mean()) / math.sqrt(
+        single.var() / len(single) + anti.var() / len(anti)
+    )
     assert abs(z) < 4.5
     assert anti.var() < 0.75 * single.var() / 4, (anti.var(), single.var())
 

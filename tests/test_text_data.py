@@ -101,8 +101,10 @@ def test_corpus_formats(tmp_path):
     assert len(one["train"]) == 1 and one["train"][0]["text"].strip() == "\n".join(texts)
     datasets.Dataset.from_dict({"text": texts}).save_to_disk(str(tmp_path / "saved"))
     assert _texts(read_corpus(str(tmp_path / "saved"))) == texts
-    dd = datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": texts[:5]}),
-                               "test": datasets.Dataset.from_dict({"text": texts[5:]})})  # fmt: skip
+    split = datasets.Dataset.from_dict
+    dd = datasets.DatasetDict(
+        {"train": split({"text": texts[:5]}), "test": split({"text": texts[5:]})}
+    )
     dd.save_to_disk(str(tmp_path / "saved_dict"))
     c = read_corpus(str(tmp_path / "saved_dict"))
     assert _texts(c) == texts[:5] and _texts(c, "test") == texts[5:]
@@ -146,7 +148,7 @@ def test_lm1b_detokenizer():
     s = "I 've been to http : / / x.com , it 's \" great \" ( really ) !"
     assert detokenize("lm1b", s) == "I've been to http://x.com, it's \"great\" (really)!"
     assert detokenize("lambada", "\u201cHi\u201d ") == '\n"Hi"'
-    with pytest.raises(ValueError, match="unknown data.detokenizer"):
+    with pytest.raises(ValueError, match=r"unknown data\.detokenizer"):
         detokenize("nope", "x")
 
 
@@ -172,7 +174,10 @@ def test_prepare_wrap_and_held_out_split(tmp_path):
         n = len(stream) // 6
         return [[eot, *stream[6 * r : 6 * r + 6], eot] for r in range(n)]
 
-    train, val = TokenFile(str(tmp_path / "out"), "train"), TokenFile(str(tmp_path / "out"), "validation")
+    train, val = (
+        TokenFile(str(tmp_path / "out"), "train"),
+        TokenFile(str(tmp_path / "out"), "validation"),
+    )
     assert train.__getitems__(torch.arange(len(train)))["input_ids"].tolist() == expect(texts[:8])
     assert val.__getitems__(torch.arange(len(val)))["input_ids"].tolist() == expect(texts[8:])
     h = headers["train"]
@@ -299,7 +304,9 @@ def test_token_file_checks(tmp_path):
     _fake_prepared(str(tmp_path / "a"), rows=4, length=8)
     ds = TokenFile(str(tmp_path / "a"), "train")
     assert ds.__getitems__([1, 3])["input_ids"].shape == (2, 8)
-    with pytest.raises(ValueError, match=r"field 'model_vocab_size' = 50258 but .*model\.vocab_size=30522"):
+    with pytest.raises(
+        ValueError, match=r"field 'model_vocab_size' = 50258 but .*model\.vocab_size=30522"
+    ):
         ds.check_compatible(vocab_size=30522)
     with pytest.raises(ValueError, match=r"field 'mask_id' = 50257 .*objective\.mask_index=103"):
         ds.check_compatible(mask_index=103)

@@ -101,7 +101,7 @@ def translate(argv: list[str]) -> tuple[list[str], list[str]]:
             raise ValueError(f"mdfast mdlm_compat: argument '{a}' is not key=value")
         k, v = a.split("=", 1)
         keys[k.lstrip("+")] = v.strip().strip('"').strip("'")
-    passthrough = [f"{k[len('mdfast.'):]}={v}" for k, v in keys.items() if k.startswith("mdfast.")]
+    passthrough = [f"{k[len('mdfast.') :]}={v}" for k, v in keys.items() if k.startswith("mdfast.")]
     ignored, unknown = [], []
     for k in keys:
         if k.startswith("mdfast.") or k in _SPECIAL or k in _DIRECT:
@@ -137,9 +137,7 @@ def translate(argv: list[str]) -> tuple[list[str], list[str]]:
             f"{sorted([*_OWT, *_LM1B, *_ZERO_SHOT_DATA])}"
         )
     if zero_shot and mode != "ppl_eval":
-        raise ValueError(
-            f"mdfast mdlm_compat: data={data} is an evaluation corpus (mode=ppl_eval)"
-        )
+        raise ValueError(f"mdfast mdlm_compat: data={data} is an evaluation corpus (mode=ppl_eval)")
     out: list[str] = []
     if data in _LM1B:
         if param != "subs":

@@ -108,8 +108,7 @@ def _ar_shadow(shadow: list, sd: dict, model: DiT) -> list:
     names = [k for k in sd if k != "rotary_emb.inv_freq"]
     if len(shadow) != len(names):
         raise ValueError(
-            f"mdfast: AR checkpoint EMA has {len(shadow)} shadow params for {len(names)} "
-            "parameters"
+            f"mdfast: AR checkpoint EMA has {len(shadow)} shadow params for {len(names)} parameters"
         )
     by_name = dict(zip(names, shadow, strict=True))
     filled = ar_state_to_dit({}, model)

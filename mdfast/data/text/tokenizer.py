@@ -165,7 +165,9 @@ def _layout(path: str) -> tuple[str, list[str]]:
 def load_tokenizer(spec: str) -> TextTokenizer:
     """A tokenizer by shipped name (``gpt2``, ``bert-base-uncased``) or local path."""
     if not spec:
-        raise ValueError("mdfast: no tokenizer given (set data.tokenizer=gpt2|bert-base-uncased|PATH)")
+        raise ValueError(
+            "mdfast: no tokenizer given (set data.tokenizer=gpt2|bert-base-uncased|PATH)"
+        )
     if spec in _SHIPPED:
         files = shipped_tokenizer_files(spec)
         kind = "bpe" if len(files) == 2 else "wordpiece"

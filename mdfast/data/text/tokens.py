@@ -101,7 +101,9 @@ class TokenFile:
         self.rows, self.length = int(h["rows"]), int(h["length"])
         self.vocab = int(h["model_vocab_size"])
         if self.rows <= 0:
-            raise ValueError(f"mdfast: split '{split}' in '{path}' is empty (header field 'rows' = 0)")
+            raise ValueError(
+                f"mdfast: split '{split}' in '{path}' is empty (header field 'rows' = 0)"
+            )
         dtype = np.dtype(_DTYPES[h["dtype"]])
         if self.vocab > np.iinfo(dtype).max + 1:
             raise ValueError(
