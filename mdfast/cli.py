@@ -303,9 +303,15 @@ def _sample(args) -> int:
         return 0
     if sp["out"]:
         torch.save(x.cpu(), sp["out"])
-    print(json.dumps({"checkpoint": path, "sampler": sp["sampler"], "shape": list(x.shape),
-                      "nfe": nfe, "steps": steps, "out": sp["out"] or None,
-                      "device": str(dev), "samples": x[: min(2, len(x))].tolist()}))  # fmt: skip
+    out = {"checkpoint": path, "sampler": sp["sampler"], "shape": list(x.shape), "nfe": nfe,
+           "steps": steps, "out": sp["out"] or None, "device": str(dev),
+           "samples": x[: min(2, len(x))].tolist()}  # fmt: skip
+    if cfg["data"]["name"] == "text":  # decoded with the run's tokenizer
+        from mdfast.data.text import load_tokenizer
+
+        tok = load_tokenizer(cfg["data"]["tokenizer"])
+        out["text"] = [tok.decode(row) for row in x[: min(2, len(x))].tolist()]
+    print(json.dumps(out))
     return 0
 
 
@@ -360,7 +366,7 @@ def _objective_loss(objective, dataset, ev, dev) -> dict:
 
 
 def _eval(args) -> int:
-    from mdfast.metrics.likelihood import evaluate_likelihood
+    from mdfast.metrics.likelihood import evaluate_likelihood, supports
 
     rank, _, dev = _device(args)
     cfg, objective, path = _load_run(args, "eval", dev)
@@ -373,13 +379,13 @@ def _eval(args) -> int:
     results = {}
     for name, ds in _eval_sets(cfg):
         _check_data(cfg, ds)
-        try:
+        if supports(objective):
             res = evaluate_likelihood(
                 objective, ds, K=ev["K"], T=T, seed=ev["seed"], batch_size=ev["batch_size"],
                 sequences=ev["sequences"], device=dev, autocast_dtype=amp,
                 progress=sys.stderr.isatty(), desc=f"eval {name}",
             )  # fmt: skip
-        except TypeError:
+        else:
             res = _objective_loss(objective, ds, ev, dev)
         res["ppl"] = res.get("ppl", math.exp(min(res["loss"], 700)))
         results[name] = res

@@ -80,6 +80,12 @@ def test_torchrun_prepare_train_eval(corpus, tmp_path, capsys):
     assert (
         one["bound"] and one["K"] == 2 and one["ppl"] == pytest.approx(2.718281828 ** one["loss"])
     )
+    rc, stdout, err = _run(["sample", *args, "sample.steps=4", "sample.batch_size=2",
+                            "--device", "cpu"], capsys)  # fmt: skip
+    assert rc == 0, err
+    res = json.loads(stdout.strip().splitlines()[-1])
+    assert res["shape"] == [2, 16] and res["device"] == "cpu"
+    assert len(res["text"]) == 2 and all(isinstance(t, str) and t for t in res["text"])
 
 
 def test_resume_mid_epoch_on_token_file(corpus, tmp_path, capsys):

@@ -39,7 +39,7 @@ import torch
 
 from mdfast import ops
 
-__all__ = ["evaluate_likelihood", "keyed_uniform", "sequence_terms", "time_lattice"]
+__all__ = ["evaluate_likelihood", "keyed_uniform", "sequence_terms", "supports", "time_lattice"]
 
 _PURPOSE_T, _PURPOSE_MASK = 1, 2
 _M32 = 0xFFFFFFFF
@@ -80,6 +80,15 @@ def time_lattice(seed: int, index: torch.Tensor, K: int, eps: float, T: int = 0)
 def _discrete_weight(schedule, t: torch.Tensor, T: int) -> torch.Tensor:
     a_t, a_s = schedule.alpha(t), schedule.alpha(t - 1.0 / T)
     return T * (a_s - a_t) / (1 - a_t)
+
+
+def supports(objective) -> bool:
+    """Whether :func:`evaluate_likelihood` has an estimator for ``objective``."""
+    try:
+        _kind(objective)
+    except TypeError:
+        return False
+    return True
 
 
 def _kind(objective) -> str:
