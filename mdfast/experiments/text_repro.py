@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             results[name] = json.load(f)
     times["total"] = time.perf_counter() - t0
     lines = [
-        "| model | validation PPL | ± s.e. | NLL bound (nats/token) | bits/token | estimator |",
+        "| model | validation PPL | ± s.e. | nats/token | bits/token | estimator |",
         "|---|---|---|---|---|---|",
     ]
     for name, label in _MODELS:
