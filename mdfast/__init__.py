@@ -1,7 +1,8 @@
 """mdfast: fast, exact kernels, samplers and training for masked discrete diffusion models.
 
 The op surface lives in :mod:`mdfast.ops` (``torch.ops.mdfast.*`` underneath), the pure-PyTorch
-twin of every op in :mod:`mdfast.reference`.
+twin of every op in :mod:`mdfast.reference`. The generic packages never import
+:mod:`mdfast.experiments`; experiments register what they add (:mod:`mdfast.experiments.registry`).
 """
 
 from __future__ import annotations

@@ -53,22 +53,20 @@ def _losses(out_dir):
         return {int(r["step"]): float(r["loss"]) for r in csv.DictReader(f)}
 
 
+@pytest.mark.slow
 def test_torchrun_prepare_train_eval(corpus, tmp_path, capsys):
-    """One torchrun (2 gloo ranks) runs `mdfast train` then `mdfast eval`; the 2-rank evaluation
-    equals the one-process one."""
+    """`mdfast train` then `mdfast eval` under torchrun (2 gloo ranks) on the prepared files; the
+    2-rank evaluation equals the one-process one."""
     root, data, model = corpus
     out = tmp_path / "run"
     args = ["mdlm-shakespeare", *data, *model, f"train.out_dir={out}", "train.steps=3"]
     ev = ["eval.K=2", "eval.batch_size=3", f"eval.out={tmp_path / 'two.json'}"]
-    script = (
-        "import sys; from mdfast.cli import main; "
-        f"sys.exit(main({['train', *args]!r}) or main({['eval', *args, *ev]!r}))"
-    )
-    (tmp_path / "both.py").write_text(script)
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                        "--nproc_per_node=2", str(tmp_path / "both.py")], env=ENV, cwd=ROOT,
-                       capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert r.returncode == 0, r.stderr[-3000:]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                "--nproc_per_node=2", "-m", "mdfast.cli"]  # fmt: skip
+    for cmd in (["train", *args], ["eval", *args, *ev]):
+        r = subprocess.run([*torchrun, *cmd], env=ENV, cwd=ROOT, capture_output=True, text=True,
+                           timeout=300)  # fmt: skip
+        assert r.returncode == 0, r.stderr[-3000:]
     assert (out / "ckpt-00000003.pt").exists()
     two = json.loads((tmp_path / "two.json").read_text())
     rc, stdout, err = _run(["eval", *args, "eval.K=2", "eval.batch_size=5"], capsys)

@@ -1,4 +1,5 @@
-"""The ``text`` data builder (prepared token files) and the corpus presets of ``prepare-text``.
+"""The ``text`` data builder (prepared token files; registered by
+:mod:`mdfast.experiments.builtin`) and the corpus presets of ``prepare-text``.
 
 ``data.name=text`` trains on a directory made by ``mdfast prepare-text`` (``data.path``): the
 ``train`` split memory-mapped (:class:`mdfast.data.text.TokenFile`), ``validation`` when present.
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["CORPORA", "TEXT_DATA_DEFAULTS", "ZERO_SHOT", "corpus_fields", "load", "register"]
+__all__ = ["CORPORA", "TEXT_DATA_DEFAULTS", "ZERO_SHOT", "corpus_fields", "load"]
 
 TEXT_DATA_DEFAULTS = {
     "path": "",
@@ -88,9 +89,3 @@ def load(d: dict):
         if ds is not None:
             ds.check_compatible(length=d["length"], layout=d["layout"], what="the data section")
     return train, val
-
-
-def register() -> None:
-    from mdfast.experiments.build import register_data
-
-    register_data("text", TEXT_DATA_DEFAULTS, load)
