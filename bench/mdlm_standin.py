@@ -22,8 +22,8 @@ from types import SimpleNamespace
 import torch
 from torch import nn
 
+from mdfast.baselines import seed_sample_categorical, seed_subs_parameterization
 from mdfast.models import DiT
-from mdfast.reference import seed_sample_categorical, seed_subs_parameterization
 from mdfast.schedules import LogLinearSchedule
 
 

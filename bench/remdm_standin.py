@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 
 from bench.mdlm_standin import MDLMDiffusion, mdlm_config
-from mdfast.reference import seed_nucleus, seed_remdm_update, seed_sample_categorical
+from mdfast.baselines import seed_nucleus, seed_remdm_update, seed_sample_categorical
 from mdfast.sampling import schedules
 
 

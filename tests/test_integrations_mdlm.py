@@ -31,10 +31,10 @@ import bench.mdlm_standin as mdlm_module
 import bench.remdm_standin as remdm_module
 from bench.mdlm_standin import AutocastDiT, MDLMDiffusion, mdlm_config
 from bench.remdm_standin import ReMDMDiffusion, remdm_config
+from mdfast.baselines import seed_nucleus
 from mdfast.integrations import mdlm as integration
 from mdfast.integrations.mdlm import DenoiserCache
 from mdfast.models import DiTConfig, load_mdlm
-from mdfast.reference import seed_nucleus
 from mdfast.sampling import schedules
 
 P_FAIL = 1e-6
