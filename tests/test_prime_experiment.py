@@ -134,6 +134,10 @@ def test_train_sample_and_nll_on_digits(tmp_path, capsys):
         "imputation_00000.png",
         "imputation_00001.png",
     ]
+    capsys.readouterr()
+    assert cli(["eval", "prime-digits8-l2", *small, "eval.K=2", "eval.sequences=10"]) == 0
+    ev = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert ev["estimator"] == "nelbo" and ev["bound"] and ev["tokens"] == 10 * 64
     from mdfast.experiments.prime.evaluation import nll_bpd
 
     _, objective, _ = _load(out)

@@ -234,3 +234,25 @@ def test_nll_is_per_image_and_a_bound_in_bits(fresh_seed):
     assert out["bits_per_dim"].shape == (3,)
     assert torch.allclose(out["bits_per_dim"], out["nll"] / (16 * math.log(2)))
     assert (out["bits_per_dim"] > 0).all()
+
+
+def test_split_likelihood_is_keyed_and_agrees_with_the_objective_nll(fresh_seed):
+    """mdfast eval's estimator for Prime (mdfast.metrics.likelihood): the same numbers for any
+    batch size, and the same NELBO as PrimeObjective.nll (both unbiased) within their errors."""
+    from mdfast.metrics.likelihood import evaluate_likelihood, supports
+
+    torch.manual_seed(fresh_seed % 2**31)
+    obj = PrimeObjective(
+        _tiny_unet(2), num_classes=16, num_digits=2, image_size=4, channels=1
+    ).eval()
+    for p in obj.parameters():
+        nn.init.normal_(p, std=0.1)
+    images = torch.randint(0, 16, (24, 1, 4, 4), dtype=torch.uint8)
+    data = {"input_ids": images}
+    assert supports(obj)
+    a = evaluate_likelihood(obj, data, K=8, seed=3, batch_size=5)
+    b = evaluate_likelihood(obj, data, K=8, seed=3, batch_size=24)
+    assert a["loss"] == pytest.approx(b["loss"], rel=1e-6) and a["tokens"] == 24 * 16  # fp32 convs
+    mc = obj.nll(images, num_times=64)["nll_per_token"]
+    se = (mc.std() / len(mc) ** 0.5).item()
+    assert abs(a["loss"] - mc.mean().item()) < 5 * math.hypot(a["stderr"], se)

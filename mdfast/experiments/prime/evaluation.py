@@ -97,13 +97,11 @@ def generate(
 
 
 def run_sample(cfg: dict, objective, checkpoint) -> int:
-    """``mdfast sample`` for Prime runs: ``sample.num_samples`` samples into ``sample.out``
-    (default ``<train.out_dir>/samples_nfe<steps>``) and, for images, ``grid.png`` of the first
-    batch; ``sample.subtoken_index`` switches to imputation of held-out images."""
-    from mdfast.train.trainer import setup_distributed
-
-    _, _, device = setup_distributed("")
-    objective.to(device)
+    """``mdfast sample`` for Prime runs (``objective`` on its device, the process group up):
+    ``sample.num_samples`` samples into ``sample.out`` (default
+    ``<train.out_dir>/samples_nfe<steps>``) and, for images, ``grid.png`` of the first batch;
+    text runs print the first samples decoded with the run's tokenizer;
+    ``sample.subtoken_index`` switches to imputation of held-out images."""
     sp = cfg["sample"]
     settings = sampler_settings(sp)
     out = Path(sp["out"] or Path(cfg["train"]["out_dir"]) / f"samples_nfe{settings.nfe}")
@@ -139,9 +137,14 @@ def run_sample(cfg: dict, objective, checkpoint) -> int:
         on_batch=keep_first,
         length=length,
     )
-    grid = None
+    grid, text = None, None
     if first and sp["grid"] and first[0].dim() == 4:
         grid = str(save_image_grid(first[0][:64], out / "grid.png"))
+    if first and first[0].dim() == 2 and cfg["data"].get("tokenizer"):
+        from mdfast.data.text import load_tokenizer
+
+        tok = load_tokenizer(cfg["data"]["tokenizer"])
+        text = [tok.decode(row) for row in first[0][:2].tolist()]
     if _rank0():
         print(
             json.dumps(
@@ -152,6 +155,7 @@ def run_sample(cfg: dict, objective, checkpoint) -> int:
                     "samples_this_rank": n,
                     "out": str(out),
                     "grid": grid,
+                    "text": text,
                 }
             )
         )

@@ -14,14 +14,15 @@ rank as the seed). Sampling: the README's best setting at nfe = 512 for each mod
 Text recipe (``text/configs``): DiT-small (12 × 768, 12 heads), time-agnostic, ℓ digits of each
 GPT-2 token embedded (768/ℓ each), C = 50257 joint logits, log-linear schedule with the ELBO
 weight 1/t and the joint (carry-over) loss; AdamW 3e-4, (0.9, 0.999), no weight decay, 2,500
-warm-up steps then constant, batch 512, bf16, clip 1.0, EMA 0.9999, 1M steps. Data:
-``data.name=tokens`` with ``data.path`` = GPT-2 token ids [N, 1024].
+warm-up steps then constant, batch 512, bf16, clip 1.0, EMA 0.9999, 1M steps. Data: OpenWebText
+prepared by ``mdfast prepare-text openwebtext`` (GPT-2 BPE, wrap layout, L = 1024; ids < 50257).
 """
 
 from __future__ import annotations
 
 from mdfast.digits import prime_base
 from mdfast.experiments.text import _MDLM_TRAIN
+from mdfast.experiments.text_data import corpus_fields
 
 __all__ = ["EPOCHS", "IMAGE_DIGITS", "PRESETS", "SAMPLE_SETTINGS", "TEXT_DIGITS", "image_preset"]
 
@@ -147,7 +148,7 @@ def _text_preset(ell: int) -> dict:
             "loss": "joint",
             "weighting": "elbo",
         },
-        "data": {"name": "tokens"},
+        "data": corpus_fields("openwebtext"),
         "train": {**_MDLM_TRAIN, "out_dir": f"runs/prime-owt-l{ell}"},
         "sample": {"sampler": "prime", "steps": 1024, "batch_size": 16, "length": 1024},
     }
