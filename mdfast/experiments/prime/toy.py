@@ -4,8 +4,9 @@ coordinates (x, y) ∈ [0, C)², so a sample is L = 2 tokens of C = 512 classes;
 
     python -m mdfast.experiments.prime.toy [--image PATH] [--steps 3000] [--out runs/prime-toy]
 
-The density: the image (default: the ``china.jpg`` photograph shipped with scikit-learn; the
-seed used a cat photo of its own) in grey levels, resized to C × C, normalised. The data set is
+The density: the image's grey levels (``--image``; the seed used a cat photo of its own),
+resized to C × C, normalised; by default the word "MDM" drawn white on black with Pillow's
+bundled font (sharp edges, so a sampler that misses the density shows it). The data set is
 ``--n`` coordinate pairs drawn from it once (seeded). The denoiser (the seed's ``MLPModel``
 without its time input: the number of masked digits already tells the time): one embedding of
 ``hidden`` per digit, the 2ℓ embeddings concatenated, learnable-Swish MLP with LayerNorm and
@@ -35,18 +36,18 @@ C = 512
 
 
 def density_from_image(path: str | None = None, size: int = C) -> np.ndarray:
-    """float64 [size, size] summing to 1: the image's grey levels (``path``, or scikit-learn's
-    ``china.jpg``) resized to size × size."""
-    from PIL import Image
+    """float64 [size, size] summing to 1: the image's grey levels (``path``, or "MDM" drawn in
+    white on black) resized to size × size."""
+    from PIL import Image, ImageDraw, ImageFont
 
     if path:
         if not Path(path).is_file():
             raise FileNotFoundError(f"mdfast: toy image '{path}' not found (--image)")
         img = Image.open(path).convert("L")
     else:
-        from mdfast.experiments.prime.digits8 import sklearn_file
-
-        img = Image.open(sklearn_file("images", "china.jpg")).convert("L")
+        img = Image.new("L", (512, 512), 0)
+        font = ImageFont.load_default(size=200)
+        ImageDraw.Draw(img).text((256, 256), "MDM", fill=255, font=font, anchor="mm")
     p = np.asarray(img.resize((size, size), Image.BILINEAR), dtype=np.float64)
     if p.sum() <= 0:
         raise ValueError("mdfast: the toy image is black everywhere (no density)")
@@ -106,8 +107,10 @@ class ToyMLP(nn.Module):
         return self.main(h).view(b, self.length, self.num_classes)
 
 
-def plot(density: np.ndarray, samples: dict[int, torch.Tensor], path: Path) -> Path:
-    """PNG: the density, then a 2-D histogram of the samples of each ℓ."""
+def plot(
+    density: np.ndarray, samples: dict[int, torch.Tensor], path: Path, bins: int = 128
+) -> Path:
+    """PNG: the density, then a 2-D histogram (``bins`` × ``bins``) of the samples of each ℓ."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -117,10 +120,12 @@ def plot(density: np.ndarray, samples: dict[int, torch.Tensor], path: Path) -> P
     axes[0].imshow(density, cmap="magma")
     axes[0].set_title("density")
     size = density.shape[0]
+    bins = min(bins, size)
     for ax, (ell, pts) in zip(axes[1:], samples.items(), strict=True):
-        hist = torch.zeros(size * size)
-        hist.index_add_(0, pts[:, 0] * size + pts[:, 1], torch.ones(pts.shape[0]))
-        ax.imshow(hist.view(size, size).numpy(), cmap="magma")
+        cell = (pts * bins // size).long()
+        hist = torch.zeros(bins * bins)
+        hist.index_add_(0, cell[:, 0] * bins + cell[:, 1], torch.ones(pts.shape[0]))
+        ax.imshow(hist.view(bins, bins).numpy(), cmap="magma")
         ax.set_title(f"ℓ = {ell} ({'MDM' if ell == 1 else 'Prime'}), {pts.shape[0]:,} samples")
     for ax in axes:
         ax.set_axis_off()
