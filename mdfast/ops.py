@@ -25,6 +25,7 @@ __all__ = [
     "prime_sample_step",
     "sample_x0",
     "uniform",
+    "uniform_rows",
 ]
 
 _INT64_MAX = 2**63 - 1
@@ -117,6 +118,41 @@ def uniform(
         torch.ops.mdfast.uniform_out(out, seed, offset)
         return out
     return reference.uniform(shape, seed, offset, dtype=dtype, device=device)
+
+
+def uniform_rows(
+    offsets: torch.Tensor, n: int, seed: int, dtype: torch.dtype = torch.float64
+) -> torch.Tensor:
+    """Uniforms [R, n], row r from its own stream: row r equals
+    ``uniform((n,), seed, offsets[r])`` bit for bit (on ``offsets``' device).
+
+    One launch draws noise for a set of rows keyed independently (say, the samples of a batch by
+    their global index: :class:`mdfast.rng.NoiseKey`), so a row's numbers do not depend on which
+    other rows are drawn with it.
+
+    Args:
+        offsets: int64[R], each row's stream offset (read as uint64 bits; not checked on the host).
+        n: numbers per row, >= 0.
+        seed: key of the streams, in [0, 2^63).
+        dtype: torch.float64 (53 bits, default) or torch.float32 (24 bits).
+    """
+    seed = _check_int(seed, "seed")
+    n = _check_int(n, "n")
+    if dtype not in (torch.float64, torch.float32):
+        raise ValueError(
+            f"mdfast: argument 'dtype' must be torch.float64 or torch.float32, got {dtype}"
+        )
+    if not isinstance(offsets, torch.Tensor) or offsets.dtype != torch.int64:
+        raise RuntimeError("mdfast: argument 'offsets' must be an int64 tensor")
+    if offsets.dim() != 1:
+        raise RuntimeError(
+            f"mdfast: argument 'offsets' must be 1-dimensional, got shape {list(offsets.shape)}"
+        )
+    if has_kernel(offsets.device):
+        out = torch.empty((offsets.shape[0], n), dtype=dtype, device=offsets.device)
+        torch.ops.mdfast.uniform_rows_out(out, seed, offsets)
+        return out
+    return reference.uniform_rows(offsets, n, seed, dtype)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -930,6 +966,10 @@ if _C is not None:
 
     @torch.library.register_fake("mdfast::uniform_out")
     def _uniform_out_fake(out, seed, offset):
+        return None
+
+    @torch.library.register_fake("mdfast::uniform_rows_out")
+    def _uniform_rows_out_fake(out, seed, offsets):
         return None
 
     # --- masked cross-entropy (issue 3) ---

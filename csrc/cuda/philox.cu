@@ -56,6 +56,32 @@ __global__ void uniform_kernel(scalar_t* __restrict__ out, int64_t numel, uint64
   }
 }
 
+// Row r of out [rows, n] holds elements 0..n-1 of the stream (seed, offsets[r]).
+template <typename scalar_t, int kPerBlock>
+__global__ void uniform_rows_kernel(scalar_t* __restrict__ out, int64_t rows, int64_t n,
+                                    uint64_t seed, const int64_t* __restrict__ offsets) {
+  const int64_t per_row = (n + kPerBlock - 1) / kPerBlock;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < rows * per_row;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t r = i / per_row;
+    const int64_t b = i % per_row;
+    const PhiloxWords w =
+        philox_block(seed, static_cast<uint64_t>(offsets[r]), static_cast<uint64_t>(b));
+    const int64_t first = b * kPerBlock;
+    scalar_t* row = out + r * n;
+#pragma unroll
+    for (int j = 0; j < kPerBlock; ++j) {
+      if (first + j < n) {
+        if constexpr (kPerBlock == 2) {
+          row[first + j] = uniform_double_from_words(w.w[2 * j], w.w[2 * j + 1]);
+        } else {
+          row[first + j] = uniform_float_from_word(w.w[j]);
+        }
+      }
+    }
+  }
+}
+
 at::Tensor philox4x32_cuda(const at::Tensor& counter, const at::Tensor& key) {
   check_philox4x32_args(counter, key);
   const c10::cuda::CUDAGuard guard(counter.device());
@@ -89,11 +115,31 @@ void uniform_out_cuda(at::Tensor& out, int64_t seed, int64_t offset) {
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+void uniform_rows_out_cuda(at::Tensor& out, int64_t seed, const at::Tensor& offsets) {
+  check_uniform_rows_args(out, seed, offsets);
+  const int64_t rows = out.size(0);
+  const int64_t n = out.size(1);
+  if (rows == 0 || n == 0) return;
+  const c10::cuda::CUDAGuard guard(out.device());
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  const at::Tensor off = offsets.contiguous();
+  const auto s = static_cast<uint64_t>(seed);
+  if (out.scalar_type() == at::kDouble) {
+    uniform_rows_kernel<double, 2><<<grid_for(rows * ((n + 1) / 2)), kThreads, 0, stream>>>(
+        out.data_ptr<double>(), rows, n, s, off.data_ptr<int64_t>());
+  } else {
+    uniform_rows_kernel<float, 4><<<grid_for(rows * ((n + 3) / 4)), kThreads, 0, stream>>>(
+        out.data_ptr<float>(), rows, n, s, off.data_ptr<int64_t>());
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(mdfast, CUDA, m) {
   m.impl("philox4x32", &philox4x32_cuda);
   m.impl("uniform_out", &uniform_out_cuda);
+  m.impl("uniform_rows_out", &uniform_rows_out_cuda);
 }
 
 }  // namespace mdfast
