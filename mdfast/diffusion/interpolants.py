@@ -13,9 +13,12 @@ import math
 import torch
 import torch.nn.functional as F
 
+from mdfast import rng
 from mdfast.diffusion.base import Objective, unpack
 
 __all__ = ["Interpolant", "dkappa", "kappa"]
+
+KAPPAS = ("cosine", "linear")
 
 
 def kappa(t: torch.Tensor, kind: str = "linear") -> torch.Tensor:
@@ -46,9 +49,9 @@ class Interpolant(Objective):
     ):
         super().__init__(model)
         self.mask_index = mask_index
+        if kappa not in KAPPAS:
+            raise ValueError(f"mdfast: unknown kappa '{kappa}'; valid: {list(KAPPAS)}")
         self.kind = kappa
-        kappa_fn = globals()["kappa"]
-        kappa_fn(torch.zeros(1), kappa)  # validate
         self.t_min = t_min
         self.p_uncond = p_uncond
         self.num_classes = num_classes
@@ -56,13 +59,14 @@ class Interpolant(Objective):
     def forward(self, batch):
         x1, _, rest = unpack(batch)
         b = x1.shape[0]
-        t = self.t_min + (1 - self.t_min) * torch.rand(b, device=x1.device)
+        dev = x1.device
+        t = self.t_min + (1 - self.t_min) * rng.draw(rng.Purpose.TIME, b, device=dev)
         k = kappa(t, self.kind).reshape(-1, *([1] * (x1.dim() - 1)))
-        keep = torch.rand(x1.shape, device=x1.device) < k
+        keep = rng.draw(rng.Purpose.MASK, x1.shape, device=dev) < k
         xt = torch.where(keep, x1, self.mask_index)
         if "label" in rest and self.num_classes > 0:
             y = rest["label"].clone()
-            drop = torch.rand(b, device=x1.device) < self.p_uncond
+            drop = rng.draw(rng.Purpose.LABEL_DROP, b, device=dev) < self.p_uncond
             y[drop] = self.num_classes
             logits = self.model(xt, y=y)
         else:
