@@ -21,7 +21,7 @@ import torch
 from scipy import stats
 
 from mdfast import ops, reference, sampling
-from mdfast.sampling import schedules
+from mdfast.sampling import remask_rates
 
 L, K, MASK = 3, 4, 4
 V = K + 1
@@ -306,7 +306,7 @@ def test_remdm_keeps_the_marginals(strategy, fresh_seed):
     kw = {"eta": {"cap": 0.05, "rescale": 0.5, "loop": 0.05}[strategy]}
     plan = sampling.remdm_plan(strategy, 16, **kw)
     for _t, _s, a_t, a_s, sigma in plan:
-        assert sigma is None or sigma <= schedules.sigma_max(a_t, a_s) + 1e-12
+        assert sigma is None or sigma <= remask_rates.sigma_max(a_t, a_s) + 1e-12
     law = _chain_law(model.cond, plan)
     a_end = plan[-1][3]
     marg = [table.sum(dim=[d for d in range(L) if d != pos]) for pos in range(L)]

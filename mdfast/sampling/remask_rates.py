@@ -1,32 +1,23 @@
-"""Noise schedules of the samplers, as alpha(t) = P(a token is still clean at time t), t in [0, 1]
-(t = 1 all masked, t = 0 data), and the ReMDM remasking rates sigma_t.
+"""ReMDM's remasking rates sigma_t and the schedules of its loop and DFM samplers.
 
-* ``"loglinear"``: MDLM's log-linear schedule, alpha_t = 1 - (1 - 1e-3) t (``ddpm``).
-* ``"linear"``: alpha_t = 1 - t, the form MDLM's ``ddpm_cache`` path and every ReMDM sampler use
-  (move chance t directly, without the (1 - eps) factor).
-* any other :mod:`mdfast.schedules` schedule, by name or instance.
+A decoded position remasks with probability sigma_t on a step t -> s (alpha_t <= alpha_s); the
+rates below are the ReMDM strategies (``cap``, ``rescale``, forward-backward), the loop's
+piecewise alpha and the DFM corrector's adaptive step. alpha(t) of a noise schedule is
+:func:`mdfast.schedules.alpha_at`.
 """
 
 from __future__ import annotations
 
 import math
 
-import torch
-
-from mdfast import schedules as _schedules
-
-
-def alpha(t: float, schedule) -> float:
-    """alpha_t of ``schedule``: a name of :func:`mdfast.schedules.get_schedule` ("loglinear",
-    "linear", "cosine", "polynomial") or a :class:`mdfast.schedules.Schedule`."""
-    sched = _schedules.get_schedule(schedule) if isinstance(schedule, str) else schedule
-    if not isinstance(sched, _schedules.Schedule):
-        raise ValueError(
-            f"mdfast: argument 'schedule' must be a schedule name or Schedule, got {schedule!r}"
-        )
-    if isinstance(sched, _schedules.LogLinearSchedule):  # affine in t: no tensor round trip
-        return float(sched.alpha(t))
-    return float(sched.alpha(torch.tensor(t, dtype=torch.float64)))
+__all__ = [
+    "dfm_step",
+    "loop_alpha",
+    "sigma_cap",
+    "sigma_forward_backward",
+    "sigma_max",
+    "sigma_rescale",
+]
 
 
 def sigma_cap(alpha_t: float, alpha_s: float, eta: float) -> float:
