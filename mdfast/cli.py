@@ -193,7 +193,7 @@ def _sample(args) -> int:
 def _eval(args) -> int:
     import torch
 
-    from mdfast import experiments
+    from mdfast import experiments, rng
     from mdfast.experiments.build import build_data, build_model, build_objective
     from mdfast.train import checkpoint as ckpt_io
     from mdfast.train.data import StepBatches
@@ -231,8 +231,9 @@ def _eval(args) -> int:
     n = min(ev["batches"], max(1, n_val // bs))
     total = 0.0
     with torch.no_grad():
-        for i in range(n):
-            loss, _ = objective(batches.get(i, 0))
+        for i in range(n):  # batch i's noise: (eval.seed, step i, sample index), as in training
+            with rng.noise_key(rng.NoiseKey.for_batch(ev["seed"], i, bs)):
+                loss, _ = objective(batches.get(i, 0))
             total += float(loss)
     mean = total / n
     out = {
