@@ -22,7 +22,9 @@ A :class:`NoiseKey` holds (seed, step, this process's global sample indices, glo
 the trainer activates one per micro-batch with :func:`noise_key`, and :func:`draw`,
 :func:`stratified` and :class:`mdfast.models.dropout.KeyedDropout` read it. With no key active
 they fall back to ``torch.rand`` / ``torch.nn.functional.dropout`` (torch's global generator or
-the ``generator`` given), so objectives still work in a user's own loop.
+the ``generator`` given), so objectives still work in a user's own loop. Under ``torch.compile``
+the draws run eagerly (a graph break): the step and sample indices are data, not constants to
+specialise and recompile on.
 """
 
 from __future__ import annotations
@@ -177,6 +179,7 @@ class NoiseKey:
             self._offsets[device] = ((self.step << 32) | self.index).to(device)
         return self._offsets[device]
 
+    @torch.compiler.disable
     def uniform(
         self,
         purpose: Purpose | str,
@@ -195,6 +198,7 @@ class NoiseKey:
         seed = stream_seed(self.seed, purpose, *ids)
         return ops.uniform_rows(self.offsets(device), n, seed, dtype).view(len(self), *shape)
 
+    @torch.compiler.disable
     def shared_uniform(
         self, purpose: Purpose | str, shape=(), *ids, dtype=torch.float64, device=None
     ) -> torch.Tensor:
@@ -205,6 +209,7 @@ class NoiseKey:
         offset = (self.step << 32) | _SHARED_INDEX
         return ops.uniform(shape, stream_seed(self.seed, purpose, *ids), offset, dtype, device)
 
+    @torch.compiler.disable
     def stratified(self, purpose: Purpose | str, *ids, device=None) -> torch.Tensor:
         """float64[b]: v_g = (u_g + g) / batch_size, one uniform per stratum
         [g / B, (g + 1) / B) of the *global* batch (MDLM's antithetic draw), so the strata do not
@@ -253,6 +258,7 @@ def _active_for(purpose, batch: int, generator) -> NoiseKey | None:
     return key
 
 
+@torch.compiler.disable
 def draw(
     purpose: Purpose | str,
     size,
@@ -271,6 +277,7 @@ def draw(
     return key.uniform(purpose, size[1:], *ids, dtype=dtype, device=device)
 
 
+@torch.compiler.disable
 def stratified(
     purpose: Purpose | str,
     n: int,

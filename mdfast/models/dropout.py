@@ -37,25 +37,29 @@ class KeyedDropout(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0.0:
             return x
-        key = current_noise_key()
-        if key is None:
-            return F.dropout(x, self.p, training=True)
-        if self.stream is None:
-            raise RuntimeError(
-                "mdfast: this KeyedDropout has no stream name; call "
-                "mdfast.models.dropout.name_dropout_streams(model) after building the model"
-            )
-        if x.shape[0] != len(key):
-            raise ValueError(
-                f"mdfast: keyed dropout '{self.stream}' got a batch of {x.shape[0]} but the "
-                f"active NoiseKey holds {len(key)} samples"
-            )
-        u = key.uniform(Purpose.DROPOUT, x.shape[1:], self.stream, dtype=torch.float32,
-                        device=x.device)  # fmt: skip
-        return torch.where(u >= self.p, x * (1.0 / (1.0 - self.p)), 0.0)
+        return _dropout(x, self.p, self.stream)
 
     def extra_repr(self) -> str:
         return f"p={self.p}, stream={self.stream!r}"
+
+
+@torch.compiler.disable  # the key is data: a graph break, not a recompile per step
+def _dropout(x: torch.Tensor, p: float, stream: str | None) -> torch.Tensor:
+    key = current_noise_key()
+    if key is None:
+        return F.dropout(x, p, training=True)
+    if stream is None:
+        raise RuntimeError(
+            "mdfast: this KeyedDropout has no stream name; call "
+            "mdfast.models.dropout.name_dropout_streams(model) after building the model"
+        )
+    if x.shape[0] != len(key):
+        raise ValueError(
+            f"mdfast: keyed dropout '{stream}' got a batch of {x.shape[0]} but the active "
+            f"NoiseKey holds {len(key)} samples"
+        )
+    u = key.uniform(Purpose.DROPOUT, x.shape[1:], stream, dtype=torch.float32, device=x.device)
+    return torch.where(u >= p, x * (1.0 / (1.0 - p)), 0.0)
 
 
 def name_dropout_streams(model: nn.Module) -> nn.Module:
