@@ -22,19 +22,8 @@ from mdfast.sampling.chain import (
     _start,
     grid_plan,
 )
-from mdfast.sampling.settings import SamplerSettings
+from mdfast.sampling.settings import SamplerSettings, settings_for
 from mdfast.schedules import alpha_at
-
-# the options every sampler reads; each sampler adds its own
-COMMON_OPTIONS = ("batch_size", "length", "mask_index", "steps", "seed", "schedule", "eps",
-                  "noise_removal", "temperature", "top_p", "top_k", "nucleus", "prefix",
-                  "device")  # fmt: skip
-
-
-def _settings(settings, options, sampler: str, *extra: str) -> SamplerSettings:
-    return SamplerSettings.build(
-        settings, options, sampler=sampler, allowed=(*COMMON_OPTIONS, *extra)
-    )
 
 
 def ddpm(model, settings: SamplerSettings | None = None, /, **options) -> SampleResult:
@@ -43,7 +32,7 @@ def ddpm(model, settings: SamplerSettings | None = None, /, **options) -> Sample
     distribution (mask class excluded), decoded positions carry over; one denoiser call per step,
     then (``noise_removal``) the argmax of the remaining masked positions at t = eps. Default
     schedule ``"loglinear"``; reads ``time_conditioned`` (default False)."""
-    st = _settings(settings, options, "ddpm", "time_conditioned")
+    st = settings_for("ddpm", settings, options, "time_conditioned")
     den, rng, x, P = _start(model, st, bool(st.time_conditioned))
     plan = grid_plan(st.steps, st.schedule or "loglinear", st.eps)
     x, _ = _chain(den, x, plan, st=st, rng=rng, cache=False, prefix_len=P)
@@ -61,7 +50,7 @@ def ddpm_cache(model, settings: SamplerSettings | None = None, /, **options) -> 
     calls is about T (1 - exp(-L / T)). ``per_row_cache=True`` (KV-free, per sequence) re-runs
     the denoiser only on the batch rows whose x changed and writes them into its previous output
     (the denoiser must treat batch rows independently and return a fresh tensor)."""
-    st = _settings(settings, options, "ddpm_cache", "time_conditioned", "per_row_cache")
+    st = settings_for("ddpm_cache", settings, options, "time_conditioned", "per_row_cache")
     tc = bool(st.time_conditioned)
     den, rng, x, P = _start(model, st, tc)
     plan = grid_plan(st.steps, st.schedule or "linear", st.eps)
@@ -80,7 +69,7 @@ def first_hitting(model, settings: SamplerSettings | None = None, /, **options) 
     once per distinct event step, on the sequences with an event at that step only
     (``sequences`` in the result counts them); ``steps`` only sets the grid. Not for
     time-conditioned denoisers."""
-    st = _settings(settings, options, "first_hitting")
+    st = settings_for("first_hitting", settings, options)
     if st.time_conditioned:
         raise ValueError("mdfast: first_hitting does not support 'time_conditioned' denoisers")
     den, rng, x, _ = _start(model, st, False)
@@ -122,7 +111,7 @@ def analytic(model, settings: SamplerSettings | None = None, /, **options) -> Sa
     """SEDD's analytic sampler for the absorbing graph (see the module docstring: its posterior
     is the ddpm step), time-conditioned by default, ending with SEDD's denoiser step that
     samples every still-masked position from p_theta. Default schedule ``"loglinear"``."""
-    st = _settings(settings, options, "analytic", "time_conditioned")
+    st = settings_for("analytic", settings, options, "time_conditioned")
     tc = True if st.time_conditioned is None else st.time_conditioned
     den, rng, x, P = _start(model, st, tc)
     plan = grid_plan(st.steps, st.schedule or "loglinear", st.eps)

@@ -4,13 +4,13 @@ correctors, as step plans run by the shared chain."""
 from __future__ import annotations
 
 from mdfast.sampling import remask_rates
-from mdfast.sampling.ancestral import _settings
 from mdfast.sampling.chain import SampleResult, _chain, _grid, _noise_removal, _start
 from mdfast.sampling.settings import (
     LOOP_DEFAULTS,
     REMDM_DEFAULTS,
     REMDM_STRATEGIES,
     SamplerSettings,
+    settings_for,
 )
 from mdfast.schedules import alpha_at
 
@@ -41,7 +41,7 @@ def remdm(model, settings: SamplerSettings | None = None, /, **options) -> Sampl
 
     sigma is clamped to [0, 1] and the unmask probability to [0, 1] where a strategy leaves
     ReMDM's valid range. ``per_row_cache`` as in :func:`ddpm_cache`."""
-    st = _settings(settings, options, "remdm", *REMDM_OPTIONS)
+    st = settings_for("remdm", settings, options, *REMDM_OPTIONS)
     tc = bool(st.time_conditioned)
     den, rng, x, P = _start(model, st, tc)
     plan = remdm_plan(

@@ -16,7 +16,14 @@ import torch
 
 from mdfast.schedules import Schedule, get_schedule
 
-__all__ = ["LOOP_DEFAULTS", "REMDM_DEFAULTS", "REMDM_STRATEGIES", "SamplerSettings"]
+__all__ = [
+    "COMMON_OPTIONS",
+    "LOOP_DEFAULTS",
+    "REMDM_DEFAULTS",
+    "REMDM_STRATEGIES",
+    "SamplerSettings",
+    "settings_for",
+]
 
 REMDM_STRATEGIES = ("cap", "rescale", "conf", "loop", "fb", "dfm")
 REMDM_DEFAULTS = {"cap": 0.008, "rescale": 0.015, "loop": 0.02}
@@ -155,3 +162,18 @@ class SamplerSettings:
 
 
 FIELDS = tuple(f.name for f in fields(SamplerSettings))
+
+# the options every sampler reads; each sampler adds its own
+COMMON_OPTIONS = ("batch_size", "length", "mask_index", "steps", "seed", "schedule", "eps",
+                  "noise_removal", "temperature", "top_p", "top_k", "nucleus", "prefix",
+                  "device")  # fmt: skip
+
+
+def settings_for(
+    sampler: str, settings: SamplerSettings | None, options: dict, *extra: str
+) -> SamplerSettings:
+    """The settings ``sampler`` runs with: ``settings`` with the keyword ``options`` on top; an
+    option outside :data:`COMMON_OPTIONS` and ``extra`` raises a TypeError naming it."""
+    return SamplerSettings.build(
+        settings, options, sampler=sampler, allowed=(*COMMON_OPTIONS, *extra)
+    )
