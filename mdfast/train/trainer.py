@@ -35,21 +35,21 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import random
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from mdfast import rng
 from mdfast.train import checkpoint as ckpt_io
+from mdfast.train import runtime
 from mdfast.train.data import StepBatches
 from mdfast.train.ema import EMA
 from mdfast.train.logs import Progress, RunLog
+from mdfast.train.runtime import setup_distributed
 
 __all__ = ["NonFiniteLossError", "TrainConfig", "train"]
 
@@ -91,29 +91,6 @@ class TrainConfig:
 # ---------------------------------------------------------------------------------------------
 # Pieces
 # ---------------------------------------------------------------------------------------------
-
-
-def _dist_env() -> tuple[int, int, int]:
-    return (
-        int(os.environ.get("RANK", 0)),
-        int(os.environ.get("WORLD_SIZE", 1)),
-        int(os.environ.get("LOCAL_RANK", 0)),
-    )
-
-
-def setup_distributed(device: str = "") -> tuple[int, int, torch.device]:
-    rank, world, local = _dist_env()
-    if device:
-        dev = torch.device(device)
-    elif torch.cuda.is_available():
-        dev = torch.device("cuda", local)
-    else:
-        dev = torch.device("cpu")
-    if dev.type == "cuda":
-        torch.cuda.set_device(dev)
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
-    return rank, world, dev
 
 
 def _to(batch, dev):
@@ -159,84 +136,8 @@ def _validate(cfg: TrainConfig) -> None:
     lr_lambda(cfg)(0)  # validates lr_schedule
 
 
-def _rng_state(dev: torch.device) -> dict:
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None,
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),  # noqa: NPY002
-    }
-
-
-def _set_rng_state(state: dict, dev: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    if state.get("cuda") is not None and dev.type == "cuda":
-        torch.cuda.set_rng_state(state["cuda"], dev)
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])  # noqa: NPY002
-
-
-def _seed_fallback_rngs(seed: int, rank: int, *ids: int) -> None:
-    """Seed torch / Python / NumPy for code that draws without a NoiseKey (a user objective):
-    one unrelated stream per rank, so ranks never repeat each other's draws."""
-    s = rng.stream_seed(seed, "fallback", rank, *ids)
-    torch.manual_seed(s)
-    random.seed(s)
-    np.random.seed(s % 2**32)  # noqa: NPY002
-
-
-@contextlib.contextmanager
-def _deterministic_kernels(on: bool):
-    """``torch.use_deterministic_algorithms(True)`` (+ cuBLAS workspace config, cuDNN
-    deterministic) inside the block when ``on``; the previous settings are restored after."""
-    if not on:
-        yield
-        return
-    before = (
-        torch.are_deterministic_algorithms_enabled(),
-        torch.is_deterministic_algorithms_warn_only_enabled(),
-        torch.backends.cudnn.deterministic,
-        torch.backends.cudnn.benchmark,
-    )
-    # cuBLAS reads this when it creates a handle's workspace: set it before the first CUDA matmul
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(True)
-    torch.backends.cudnn.deterministic = True
-    torch.backends.cudnn.benchmark = False
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
-        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before[2:]
-
-
 def _nvtx(name: str, on: bool):
     return torch.cuda.nvtx.range(name) if on else contextlib.nullcontext()
-
-
-def _unwrap(m: nn.Module) -> nn.Module:
-    m = getattr(m, "_orig_mod", m)
-    return m.module if isinstance(m, nn.parallel.DistributedDataParallel) else m
-
-
-def _apply_fsdp(objective: nn.Module, world: int) -> None:
-    """FSDP2: shard every block of every ``blocks`` ModuleList, then the root."""
-    from torch.distributed.fsdp import fully_shard
-
-    if world < 2:
-        raise ValueError("mdfast: 'fsdp' needs torchrun with at least 2 processes")
-    for m in objective.modules():
-        blocks = getattr(m, "blocks", None)
-        if isinstance(blocks, nn.ModuleList):
-            for b in blocks:
-                fully_shard(b)
-    fully_shard(objective)
-
-
-def _full_state_dict_options(**kw):
-    from torch.distributed.checkpoint.state_dict import StateDictOptions
-
-    return StateDictOptions(full_state_dict=True, **kw)
 
 
 @dataclass
@@ -263,7 +164,7 @@ class _Run:
         self.rank, self.world, self.dev = setup_distributed(cfg.device)
         self.objective = objective.to(self.dev)
         if cfg.fsdp:
-            _apply_fsdp(objective, self.world)
+            runtime.apply_fsdp(objective, self.world)
         self.data = StepBatches(dataset, cfg.batch_size, cfg.grad_accum, self.rank, self.world,
                                 cfg.seed)  # fmt: skip
         self._build_optimizer()
@@ -289,7 +190,7 @@ class _Run:
         if cfg.resume:
             path = ckpt_io.latest_checkpoint(cfg.out_dir) if cfg.resume == "auto" else cfg.resume
         if not path:
-            _seed_fallback_rngs(cfg.seed, self.rank)
+            runtime.seed_fallback_rngs(cfg.seed, self.rank)
             return 0, None
         state = ckpt_io.load(path)
         self._check_resumable(state, path)
@@ -318,7 +219,7 @@ class _Run:
                 set_optimizer_state_dict,
             )
 
-            opts = _full_state_dict_options()
+            opts = runtime.full_state_dict_options()
             set_model_state_dict(self.objective, state["model"], options=opts)
             set_optimizer_state_dict(self.objective, self.opt, state["optimizer"], options=opts)
         else:
@@ -330,7 +231,7 @@ class _Run:
 
     def _restore_fallback_rngs(self, rngs: list, start: int) -> None:
         if len(rngs) == self.world:
-            _set_rng_state(rngs[self.rank], self.dev)
+            runtime.set_rng_state(rngs[self.rank], self.dev)
             return
         if self.rank == 0:
             print(
@@ -338,7 +239,7 @@ class _Run:
                 "reseeding torch's generator (keyed noise is unaffected)",
                 file=sys.stderr,
             )
-        _seed_fallback_rngs(self.cfg.seed, self.rank, start)
+        runtime.seed_fallback_rngs(self.cfg.seed, self.rank, start)
 
     def _wrap(self) -> nn.Module:
         model: nn.Module = self.objective
@@ -434,7 +335,7 @@ class _Run:
     def _save(self, step: int) -> str | None:
         """Write the checkpoint of ``step`` (collective: every rank calls it); rank 0's path."""
         cfg = self.cfg
-        rngs = [_rng_state(self.dev)]
+        rngs = [runtime.rng_state(self.dev)]
         if self.world > 1:
             gathered: list = [None] * self.world
             dist.all_gather_object(gathered, rngs[0])
@@ -445,14 +346,15 @@ class _Run:
                 get_optimizer_state_dict,
             )
 
-            opts = _full_state_dict_options(cpu_offload=True)
+            opts = runtime.full_state_dict_options(cpu_offload=True)
             model_sd = get_model_state_dict(self.objective, options=opts)
             opt_sd = get_optimizer_state_dict(self.objective, self.opt, options=opts)
         ema_sd = self.ema.state_dict() if self.ema is not None else None
         path = None
         if self.rank == 0:
             if not cfg.fsdp:
-                model_sd, opt_sd = _unwrap(self.objective).state_dict(), self.opt.state_dict()
+                model_sd = runtime.unwrap(self.objective).state_dict()
+                opt_sd = self.opt.state_dict()
             state = {
                 "model": model_sd,
                 "ema": ema_sd,
@@ -511,5 +413,5 @@ def train(objective: nn.Module, dataset, cfg: TrainConfig, *, full_config: dict 
 
     ``losses`` are the per-step global mean losses of this invocation (all ranks agree).
     """
-    with _deterministic_kernels(cfg.deterministic):
+    with runtime.deterministic_kernels(cfg.deterministic):
         return _Run(objective, dataset, cfg, full_config).run()
