@@ -236,9 +236,12 @@ def test_nll_is_per_image_and_a_bound_in_bits(fresh_seed):
     assert (out["bits_per_dim"] > 0).all()
 
 
-def test_split_likelihood_is_keyed_and_agrees_with_the_objective_nll(fresh_seed):
+def test_split_likelihood_is_keyed_and_agrees_with_the_training_loss(fresh_seed):
     """mdfast eval's estimator for Prime (mdfast.metrics.likelihood): the same numbers for any
-    batch size, and the same NELBO as PrimeObjective.nll (both unbiased) within their errors."""
+    batch size, PrimeObjective.nll is that estimator (same keys, same numbers), and it agrees
+    with the objective's eval-mode loss (stratified times, the ELBO weights; also unbiased)
+    within their standard errors."""
+    from mdfast import rng
     from mdfast.metrics.likelihood import evaluate_likelihood, supports
 
     torch.manual_seed(fresh_seed % 2**31)
@@ -253,6 +256,35 @@ def test_split_likelihood_is_keyed_and_agrees_with_the_objective_nll(fresh_seed)
     a = evaluate_likelihood(obj, data, K=8, seed=3, batch_size=5)
     b = evaluate_likelihood(obj, data, K=8, seed=3, batch_size=24)
     assert a["loss"] == pytest.approx(b["loss"], rel=1e-6) and a["tokens"] == 24 * 16  # fp32 convs
-    mc = obj.nll(images, num_times=64)["nll_per_token"]
+    halves = [obj.nll(images[s : s + 12], num_times=8, seed=3, index=torch.arange(s, s + 12))
+              for s in (0, 12)]  # fmt: skip
+    nll = torch.cat([h["nll"] for h in halves])
+    assert float(nll.sum() / (24 * 16)) == pytest.approx(a["loss"], rel=1e-6)
+    with torch.no_grad():
+        losses = []
+        for step in range(96):
+            with rng.noise_key(rng.NoiseKey.for_batch(fresh_seed % 2**31, step, 24)):
+                losses.append(float(obj(images)[0]))
+    mc = torch.tensor(losses, dtype=torch.float64)
     se = (mc.std() / len(mc) ** 0.5).item()
     assert abs(a["loss"] - mc.mean().item()) < 5 * math.hypot(a["stderr"], se)
+
+
+@pytest.mark.parametrize("ell", [1, 2, 4])
+def test_split_likelihood_of_a_uniform_model_is_log_c(ell):
+    """A backbone with uniform logits (the UNet's zero-initialised output layer) pays log b per
+    masked digit, so its NELBO per token is ℓ log b ∫|α'| dt = log C · (α_max − α_min): for
+    the polynomial times in (0, 1 − ε], log C · (1 − ε)³ exactly in expectation. The keyed
+    lattice estimate must be tight (the lattice covers t evenly) and match within 5 standard
+    errors (a flipped mask is off by a factor ~4, with a wide error)."""
+    from mdfast.metrics.likelihood import evaluate_likelihood
+
+    obj = PrimeObjective(
+        _tiny_unet(ell), num_classes=16, num_digits=ell, image_size=4, channels=1
+    ).eval()
+    images = torch.randint(0, 16, (64, 1, 4, 4), dtype=torch.uint8)
+    assert torch.all(obj.logits(obj.masked_digits(1)) == 0)
+    out = evaluate_likelihood(obj, {"input_ids": images}, K=16, seed=5, batch_size=64)
+    exact = math.log(16) * (1 - obj.process.eps) ** 3
+    assert 0 < out["stderr"] < 0.05 * exact, out
+    assert abs(out["loss"] - exact) < 5 * out["stderr"] + 1e-9, (out["loss"], exact)

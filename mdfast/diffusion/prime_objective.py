@@ -33,6 +33,12 @@ without label input, so its "mixture" is plain MDM at K times the sampling cost;
 label is independent of the data, the optimum has p_θ(x | k) = p(x) for every k: the baseline
 measures what the extra conditioning capacity buys, not a learned clustering.) Its likelihood
 is reported with a uniformly drawn label per term, which bounds the mixture's NLL by Jensen.
+
+Noise: times, digit masks, flips and mixture labels are keyed draws (:mod:`mdfast.rng`:
+``Purpose.TIME``, ``Purpose.MASK``, ``"hflip"``, ``"mixture_label"``), so under the trainer's
+:class:`mdfast.rng.NoiseKey` sample g of step s draws the same numbers however the global batch
+is split. :meth:`PrimeObjective.nll` is :func:`mdfast.metrics.likelihood.sequence_terms` (the
+split likelihood of ``mdfast eval``), keyed by (seed, image index).
 """
 
 from __future__ import annotations
@@ -41,7 +47,7 @@ import math
 
 import torch
 
-from mdfast import ops
+from mdfast import ops, rng
 from mdfast.data.images import random_hflip
 from mdfast.diffusion.base import Objective, unpack
 from mdfast.diffusion.prime import Prime
@@ -50,8 +56,7 @@ from mdfast.sampling.prime import PrimeSamplerSettings, prime_sample
 
 __all__ = ["PrimeObjective"]
 
-# Philox offset of the mixture-label draw at sampling (the sampler's steps use offsets < 3·nfe)
-_LABEL_OFFSET = 1 << 62
+_FLIP, _LABEL = "hflip", "mixture_label"  # purposes of the keyed draws this objective adds
 
 
 class PrimeObjective(Objective):
@@ -215,13 +220,8 @@ class PrimeObjective(Objective):
 
     # ---------------------------------------------------------------- noise draws
 
-    def _uniform(self, n: int, device) -> torch.Tensor:
-        return torch.rand(n, dtype=torch.float64).to(device)
-
-    def _labels(self, n: int, device) -> torch.Tensor | None:
-        if not self.mixture_labels:
-            return None
-        u = self._uniform(n, device)
+    def mixture_label(self, u: torch.Tensor) -> torch.Tensor:
+        """Uniforms [B] -> mixture labels k = ⌊u K⌋ in [0, K)."""
         return (u * self.mixture_labels).long().clamp_max(self.mixture_labels - 1)
 
     # ---------------------------------------------------------------- loss
@@ -230,9 +230,11 @@ class PrimeObjective(Objective):
         x0, attention_mask, _ = unpack(batch)
         b = x0.shape[0]
         if self.layout == "image" and self.hflip and self.training:
-            x0 = random_hflip(x0, self._uniform(b, x0.device))
+            x0 = random_hflip(x0, rng.draw(_FLIP, b, dtype=torch.float64).to(x0.device))
         tokens = self.tokens(x0)
-        label = self._labels(b, tokens.device)
+        label = None
+        if self.mixture_labels:
+            label = self.mixture_label(rng.draw(_LABEL, b, dtype=torch.float64).to(tokens.device))
         t = self.process.sample_times(b, tokens.device)
         digits_t = self.process.noise(tokens, t)
         logits = self.logits(digits_t, label)
@@ -263,19 +265,24 @@ class PrimeObjective(Objective):
     # ---------------------------------------------------------------- likelihood
 
     @torch.no_grad()
-    def nll(self, x0: torch.Tensor, *, num_times: int = 512) -> dict[str, torch.Tensor]:
-        """Per-sample NELBO with the ``elbo`` loss and K = ``num_times`` stratified times
-        (:meth:`Prime.nll`): ``nll`` [B] (nats per image / sequence), ``nll_per_token`` and
-        ``bits_per_dim`` [B]. Mixture models draw a uniform label per term (a bound on the
-        mixture's NLL by Jensen)."""
-        tokens = self.tokens(x0)
-        out = self.process.nll(
-            lambda d: self.logits(d, self._labels(d.shape[0], d.device)),
-            tokens,
-            num_times=num_times,
-        )
-        out["bits_per_dim"] = self.bits_per_dim(out["nll_per_token"])
-        return out
+    def nll(
+        self, x0: torch.Tensor, *, num_times: int = 512, seed: int = 0, index=None
+    ) -> dict[str, torch.Tensor]:
+        """Per-sample NELBO with the ``elbo`` loss on K = ``num_times`` lattice times
+        (:func:`mdfast.metrics.likelihood.sequence_terms`, keyed by ``seed`` and the samples'
+        global ``index``, default 0..B−1): ``nll`` [B] (nats per image / sequence),
+        ``nll_per_token`` and ``bits_per_dim`` [B]. Mixture models draw a uniform label per
+        term (a bound on the mixture's NLL by Jensen)."""
+        from mdfast.metrics.likelihood import sequence_terms
+
+        index = torch.arange(x0.shape[0]) if index is None else torch.as_tensor(index)
+        nll, tokens = sequence_terms(self, x0, None, index.to(x0.device), K=num_times, seed=seed)
+        per_token = nll / tokens
+        return {
+            "nll": nll,
+            "nll_per_token": per_token,
+            "bits_per_dim": self.bits_per_dim(per_token),
+        }
 
     # ---------------------------------------------------------------- sampling
 
@@ -300,11 +307,13 @@ class PrimeObjective(Objective):
     ) -> torch.Tensor:
         """:func:`mdfast.sampling.prime.prime_sample` with this objective's backbone, from
         ``digits`` [B, L, ℓ] (e.g. :meth:`masked_digits`); mixture models draw one uniform label
-        per sample from the Philox stream of ``settings.seed``."""
+        per sample from the stream (``settings.seed``, ``"mixture_label"``)."""
         label = None
         if self.mixture_labels:
-            u = ops.uniform((digits.shape[0],), settings.seed, _LABEL_OFFSET, device=digits.device)
-            label = (u * self.mixture_labels).long().clamp_max(self.mixture_labels - 1)
+            seed = rng.stream_seed(settings.seed, _LABEL)
+            label = self.mixture_label(
+                ops.uniform((digits.shape[0],), seed, 0, device=digits.device)
+            )
         return prime_sample(
             lambda d, tau: self.logits(d, label),
             self.process,

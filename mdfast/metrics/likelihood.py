@@ -169,11 +169,11 @@ def _prime_terms(objective, x0, attn, index, *, K: int, T: int, seed: int):
         t = ts[:, k]
         alpha, _ = process.schedule(t)
         u = keyed_uniform(seed, _PURPOSE_MASK, index, k, digits[0].numel()).view(digits.shape)
-        digits_t = torch.where(u >= alpha.view(-1, 1, 1), digits, process.mask_id)
+        digits_t = torch.where(u >= alpha.view(-1, 1, 1), process.mask_id, digits)
         label = None
         if objective.mixture_labels:
             v = keyed_uniform(seed, _PURPOSE_LABEL, index, k, 1)[:, 0]
-            label = (v * objective.mixture_labels).long().clamp_max(objective.mixture_labels - 1)
+            label = objective.mixture_label(v)
         logits = objective.logits(digits_t, label)
         loss = process.token_losses(logits, tokens, digits_t, t, "elbo")
         total += (loss.double() * m).sum(1)

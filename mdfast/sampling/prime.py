@@ -36,7 +36,6 @@ state and never change (predictor and corrector both leave them alone).
 
 from __future__ import annotations
 
-import hashlib
 import math
 import sys
 import warnings
@@ -45,7 +44,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from mdfast.rng import PhiloxStream
+from mdfast.rng import PhiloxStream, Purpose, stream_seed
 
 __all__ = [
     "BatchJob",
@@ -300,11 +299,6 @@ def sampler_step(
     return y
 
 
-def _batch_seed(seed: int, index: int) -> int:
-    text = repr(("mdfast", seed, "batch", index)).encode()
-    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little") >> 1
-
-
 @dataclass(frozen=True)
 class BatchJob:
     """Batch ``index`` of a sampling job: global samples [start, start + size), Philox ``seed``."""
@@ -317,7 +311,8 @@ class BatchJob:
 
 def batch_plan(num_samples: int, batch_size: int, seed: int, rank: int = 0, world: int = 1):
     """This rank's batches of a job of ``num_samples`` samples: batch i covers global samples
-    [i·batch_size, …) and has its own Philox seed (a hash of ``seed`` and i); batches go to
+    [i·batch_size, …) and has its own Philox seed (:func:`mdfast.rng.stream_seed` of ``seed``,
+    ``Purpose.BATCH`` and i); batches go to
     ranks round-robin, so the samples do not depend on the number of processes."""
     if num_samples < 1 or batch_size < 1:
         raise ValueError(
@@ -326,7 +321,10 @@ def batch_plan(num_samples: int, batch_size: int, seed: int, rank: int = 0, worl
     n_batches = math.ceil(num_samples / batch_size)
     return [
         BatchJob(
-            i, i * batch_size, min(batch_size, num_samples - i * batch_size), _batch_seed(seed, i)
+            i,
+            i * batch_size,
+            min(batch_size, num_samples - i * batch_size),
+            stream_seed(seed, Purpose.BATCH, i),
         )
         for i in range(rank, n_batches, world)
     ]

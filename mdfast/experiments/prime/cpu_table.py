@@ -38,6 +38,7 @@ from mdfast import experiments
 from mdfast.baselines import seed_prime_image_sample
 from mdfast.experiments.build import build_data, build_model, build_objective
 from mdfast.experiments.prime.digits8 import LEVELS, classifier_frechet, train_classifier
+from mdfast.experiments.prime.evaluation import draw_samples
 from mdfast.metrics.frechet import GaussianStats
 from mdfast.sampling.prime import PrimeSamplerSettings, prime_sample
 from mdfast.train import TrainConfig, train
@@ -118,15 +119,6 @@ def _timed_samplers(objective, settings: PrimeSamplerSettings, n: int) -> dict:
     }
 
 
-def _samples(objective, n: int, nfe: int, seed: int) -> torch.Tensor:
-    """``n`` samples of the fused sampler in batches of 100 (one Philox seed per batch)."""
-    return torch.cat([
-        objective.sample(min(100, n - s), PrimeSamplerSettings(nfe=nfe, seed=seed + s),
-                         device="cpu")
-        for s in range(0, n, 100)
-    ])  # fmt: skip
-
-
 def run(args) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -140,14 +132,16 @@ def run(args) -> dict:
             reference = GaussianStats.of(classifier.features(train_data["input_ids"]).double())
             floor = classifier_frechet(classifier, val["input_ids"], reference)
         t0 = time.perf_counter()
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(args.seed)  # the same times for every model
-            bits = objective.nll(val["input_ids"], num_times=args.times)["bits_per_dim"].double()
+        # the same keyed times and masks for every model (keyed by seed and image index)
+        bits = objective.nll(val["input_ids"], num_times=args.times, seed=args.seed)
+        bits = bits["bits_per_dim"].double()
         elbo_s = time.perf_counter() - t0
         first_bits = bits if first_bits is None else first_bits
         diff = bits - first_bits
         t0 = time.perf_counter()
-        samples = _samples(objective, args.samples, args.nfe, args.seed)
+        samples = draw_samples(
+            objective, PrimeSamplerSettings(nfe=args.nfe, seed=args.seed), args.samples, 100
+        )
         sample_s = time.perf_counter() - t0
         with torch.no_grad():
             timing = _timed_samplers(

@@ -32,6 +32,7 @@ from mdfast.data.images import save_image_grid
 from mdfast.sampling.prime import BatchJob, PrimeSamplerSettings, sample_batches
 
 __all__ = [
+    "draw_samples",
     "fid",
     "generate",
     "imputation",
@@ -94,6 +95,21 @@ def generate(
             on_batch(job, images)
         done += job.size
     return done
+
+
+def draw_samples(
+    objective,
+    settings: PrimeSamplerSettings,
+    num_samples: int,
+    batch_size: int,
+    *,
+    length: int | None = None,
+) -> torch.Tensor:
+    """:func:`generate` in one process, the samples returned in global order (on the CPU)."""
+    out: list[torch.Tensor] = []
+    generate(objective, settings, num_samples, batch_size, length=length, progress=False,
+             on_batch=lambda job, x: out.append(x.cpu()))  # fmt: skip
+    return torch.cat(out)
 
 
 def run_sample(cfg: dict, objective, checkpoint) -> int:
@@ -214,10 +230,14 @@ def nll_bpd(
     *,
     num_times: int = 512,
     batch_size: int = 64,
+    seed: int = 0,
+    first_index: int = 0,
     progress: bool = True,
 ) -> dict:
     """Bits per dim (valid ELBO bound) of ``images``: mean and standard error over images, and
-    the NLL in nats per image. Shards the images over ``torch.distributed`` ranks."""
+    the NLL in nats per image. Shards the images over ``torch.distributed`` ranks; image i's
+    times and masks are keyed by (``seed``, ``first_index`` + i), so the result does not depend
+    on ``batch_size``, the number of ranks or how the split is cut into parts."""
     d = torch.distributed
     rank, world = (
         (d.get_rank(), d.get_world_size()) if d.is_available() and d.is_initialized() else (0, 1)
@@ -230,7 +250,8 @@ def nll_bpd(
 
         starts = tqdm(starts, desc="NLL", unit="batch")
     for s in starts:
-        out = objective.nll(images[s : s + batch_size].to(device), num_times=num_times)
+        index = torch.arange(s, min(s + batch_size, images.shape[0]))
+        out = objective.nll(images[index].to(device), num_times=num_times, seed=seed, index=index)
         bpd.append(out["bits_per_dim"].cpu())
         nll.append(out["nll"].cpu())
     local = (

@@ -363,13 +363,18 @@ def _eval(args, mode: str, cfg: dict) -> int:
         result = _fid(args, objective, settings, dataset, root, out)
     elif mode == "compute_nll_bpd":
         images = load_image_dataset(dataset, root, "eval")["input_ids"]
+        start = args.split_index * args.split_size if args.split_size else 0
         if args.split_size:
-            start = args.split_index * args.split_size
             images = images[start : start + args.split_size]
         result = {
             "mode": mode,
             **evaluation.nll_bpd(
-                objective, images, num_times=args.nll_times, batch_size=args.batch_size
+                objective,
+                images,
+                num_times=args.nll_times,
+                batch_size=args.batch_size,
+                seed=args.seed,
+                first_index=start,
             ),
         }
     else:

@@ -137,6 +137,7 @@ def plot(
 
 def run(args) -> dict:
     from mdfast.diffusion.prime_objective import PrimeObjective
+    from mdfast.experiments.prime.evaluation import draw_samples
     from mdfast.sampling.prime import PrimeSamplerSettings
     from mdfast.train import TrainConfig, train
 
@@ -174,17 +175,11 @@ def run(args) -> dict:
         train(objective, data, cfg)
         train_s = time.perf_counter() - t0
         objective.eval()
-        elbo = objective.nll(held_out, num_times=128)["nll_per_token"].mean().item()
+        elbo = objective.nll(held_out, num_times=128, seed=args.seed)["nll_per_token"]
+        elbo = elbo.mean().item()
         t0 = time.perf_counter()
-        per = min(10_000, args.samples)
-        pts = torch.cat(
-            [
-                objective.sample(
-                    per, PrimeSamplerSettings(nfe=args.nfe, seed=args.seed + i), length=2
-                )
-                for i in range(max(1, args.samples // per))
-            ]
-        )
+        settings = PrimeSamplerSettings(nfe=args.nfe, seed=args.seed)
+        pts = draw_samples(objective, settings, args.samples, 10_000, length=2)
         samples[ell] = pts
         rows.append(
             {
