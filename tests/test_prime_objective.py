@@ -288,3 +288,50 @@ def test_split_likelihood_of_a_uniform_model_is_log_c(ell):
     exact = math.log(16) * (1 - obj.process.eps) ** 3
     assert 0 < out["stderr"] < 0.05 * exact, out
     assert abs(out["loss"] - exact) < 5 * out["stderr"] + 1e-9, (out["loss"], exact)
+
+
+class _Spy(nn.Module):
+    """A backbone that records what it is given (digits [B, ℓ, H, W], label) and returns zero
+    logits [B, 1, H, W, C]."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.c, self.seen = c, []
+        self.w = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x, label=None):
+        self.seen.append((x.clone(), None if label is None else label.clone()))
+        return torch.zeros(x.shape[0], 1, *x.shape[2:], self.c) + self.w
+
+
+def test_training_noise_is_keyed_whole_or_split(fresh_seed):
+    """Under the trainer's NoiseKey, a sample's flip, mixture label, time and digit mask depend
+    on (seed, step, its global index) only: the backbone sees the same input for it whether the
+    global batch is one micro-batch or two, and a different step or seed changes the draws."""
+    from mdfast import rng
+
+    seed, b = fresh_seed % 2**62, 8
+    images = torch.randint(0, 16, (b, 1, 4, 4), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(fresh_seed % 2**31))  # fmt: skip
+    obj = PrimeObjective(_Spy(16), num_classes=16, num_digits=2, image_size=4, channels=1,
+                         hflip=True, mixture_labels=3)  # fmt: skip
+
+    def inputs(step, key_seed=seed):
+        obj.model.seen.clear()
+        idx = torch.arange(b)
+        for part in (idx[: b // 2], idx[b // 2 :]):
+            with rng.noise_key(rng.NoiseKey(key_seed, step, part, b)):
+                obj(images[part])
+        split = [torch.cat(z) for z in zip(*obj.model.seen, strict=True)]
+        obj.model.seen.clear()
+        with rng.noise_key(rng.NoiseKey.for_batch(key_seed, step, b)):
+            obj(images)
+        whole = list(obj.model.seen[0])
+        return split, whole
+
+    split, whole = inputs(3)
+    assert torch.equal(split[0], whole[0]) and torch.equal(split[1], whole[1])
+    masked = whole[0] == obj.process.mask_id
+    assert masked.any() and not masked.all() and len(set(whole[1].tolist())) > 1
+    for other in (inputs(4)[1], inputs(3, seed + 1)[1]):
+        assert not torch.equal(other[0], whole[0])

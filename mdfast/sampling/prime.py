@@ -26,7 +26,8 @@ seed's behaviour (also with a warning).
 
 Randomness: each call's ops take (seed, offset) from a :class:`mdfast.rng.PhiloxStream` of
 ``seed``: the same seed gives the same samples on CPU and GPU. :func:`sample_batches` splits a
-job of n samples into fixed batches of global sample indices, each with its own Philox seed,
+job of n samples into fixed batches of global sample indices, each with its own Philox seed
+(:func:`mdfast.rng.stream_seed` with ``Purpose.BATCH``),
 dealt round-robin over ``torch.distributed`` ranks: 1 process and N processes make the same
 samples (for the same ``batch_size``).
 
@@ -76,6 +77,8 @@ def _reals(name: str, value, sizes: tuple[int, ...]) -> tuple[float, ...]:
 @dataclass(frozen=True)
 class PrimeSamplerSettings:
     """Options of :func:`prime_sample` (names as the seed's flags; see the module docstring).
+    Its own class, not :class:`mdfast.sampling.SamplerSettings`: the state is digits, not
+    tokens, and the temperature, corrector and warp are the seed's parametric schedules.
 
     ``nfe``: denoiser calls N ≥ 1. ``carry_over``: per-digit marginal draws instead of the exact
     joint step. ``temperature_parameters`` (a, b, c): T(τ) = a τ^b + c, > 0 on the grid.
