@@ -56,12 +56,14 @@ from mdfast.sampling.prime import PrimeSamplerSettings, prime_sample
 
 __all__ = ["PrimeObjective"]
 
-_FLIP, _LABEL = "hflip", "mixture_label"  # purposes of the keyed draws this objective adds
+_FLIP = "hflip"  # the purpose of the flips' keyed draws
 
 
 class PrimeObjective(Objective):
     """See the module docstring. ``model``: the backbone; every other argument is a field of the
     ``prime`` objective section."""
+
+    LABEL_PURPOSE = "mixture_label"  # the purpose of the mixture labels' keyed draws
 
     def __init__(
         self,
@@ -234,7 +236,9 @@ class PrimeObjective(Objective):
         tokens = self.tokens(x0)
         label = None
         if self.mixture_labels:
-            label = self.mixture_label(rng.draw(_LABEL, b, dtype=torch.float64).to(tokens.device))
+            label = self.mixture_label(
+                rng.draw(self.LABEL_PURPOSE, b, dtype=torch.float64).to(tokens.device)
+            )
         t = self.process.sample_times(b, tokens.device)
         digits_t = self.process.noise(tokens, t)
         logits = self.logits(digits_t, label)
@@ -310,7 +314,7 @@ class PrimeObjective(Objective):
         per sample from the stream (``settings.seed``, ``"mixture_label"``)."""
         label = None
         if self.mixture_labels:
-            seed = rng.stream_seed(settings.seed, _LABEL)
+            seed = rng.stream_seed(settings.seed, self.LABEL_PURPOSE)
             label = self.mixture_label(
                 ops.uniform((digits.shape[0],), seed, 0, device=digits.device)
             )
