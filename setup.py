@@ -5,18 +5,44 @@ resolve a second multi-GB torch. Environment:
 
 * ``MDFAST_BUILD_CUDA=0|1`` forces the CUDA kernels off / on (default: on when the installed torch
   is a CUDA build and nvcc is found; no visible GPU is needed to compile).
-* ``TORCH_CUDA_ARCH_LIST`` picks the GPU architectures (default ``8.0;9.0``).
+* ``TORCH_CUDA_ARCH_LIST`` picks the GPU architectures (default ``8.0;9.0+PTX``: machine code for
+  Ampere and Hopper, and PTX of 9.0 that the driver compiles for newer GPUs). The list is recorded
+  in ``mdfast.build_info()``; an op called on a GPU that no compiled arch covers raises a
+  RuntimeError naming the list and the GPU's compute capability.
 * ``MDFAST_DEBUG=1`` builds with ``-O0 -g``; ``MAX_JOBS`` caps ninja's parallelism.
 """
 
 import glob
 import os
+import re
 from pathlib import Path
 
-from setuptools import find_packages, setup
+import setuptools
+
+# pyproject.toml's SPDX ``license = "Apache-2.0"`` string is understood from setuptools 77 on;
+# older ones stop with a cryptic `project.license` validation error. With
+# `pip install --no-build-isolation` the environment's own setuptools builds, so say so up front.
+SETUPTOOLS_MIN = (77, 0)
+
+
+def _require_setuptools() -> None:
+    found = tuple(int(x) for x in re.findall(r"\d+", setuptools.__version__)[:2])
+    if found < SETUPTOOLS_MIN:
+        raise SystemExit(
+            f"mdfast: building needs setuptools >= {'.'.join(map(str, SETUPTOOLS_MIN))} (for the "
+            f"SPDX license string in pyproject.toml), but this environment has setuptools "
+            f"{setuptools.__version__} ({Path(setuptools.__file__).parent}). Upgrade it with "
+            "`python -m pip install 'setuptools>=77'` and build again (`--no-build-isolation` "
+            "builds with the environment's setuptools)."
+        )
+
+
+_require_setuptools()
+
+from setuptools import find_packages, setup  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
-DEFAULT_ARCH_LIST = "8.0;9.0"
+DEFAULT_ARCH_LIST = "8.0;9.0+PTX"
 
 
 def _cuda_wanted(torch, cuda_home):

@@ -16,6 +16,7 @@
 #include <tuple>
 
 #include "../common/prime_args.h"
+#include "kernel_guard.cuh"
 #include "mdfast/block_reduce.cuh"
 #include "mdfast/digits.h"
 #include "mdfast/gumbel.h"
@@ -198,7 +199,7 @@ std::tuple<at::Tensor, at::Tensor> prime_ce_cuda(const at::Tensor& logits, const
   check_prime_target(target, logits);
   check_prime_weight(weight, logits);
   const int m = parse_prime_ce_mode(mode);
-  const c10::cuda::CUDAGuard guard(logits.device());
+  const mdfast::cuda::KernelGuard guard(logits.device());
   const at::Tensor z = logits.contiguous();
   const at::Tensor t = target.contiguous();
   const at::Tensor d = digits.contiguous();
@@ -234,7 +235,7 @@ at::Tensor prime_ce_backward_cuda(const at::Tensor& grad, const at::Tensor& logi
   TORCH_CHECK(lse.dim() == 2 && lse.size(0) == shape.rows && lse.size(1) == shape.ell + 1,
               "mdfast: argument 'lse' must have shape [", shape.rows, ", ", shape.ell + 1,
               "], got ", lse.sizes());
-  const c10::cuda::CUDAGuard guard(logits.device());
+  const mdfast::cuda::KernelGuard guard(logits.device());
   const auto acc_type = logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   const at::Tensor g = grad.to(acc_type).contiguous();
   const at::Tensor s = lse.to(acc_type).contiguous();
@@ -365,7 +366,7 @@ at::Tensor prime_sample_step_cuda(const at::Tensor& logits, const at::Tensor& di
   check_prime_sample_scalars(alpha_t, alpha_s, temperature, seed, offset);
   const int m = parse_prime_sample_mode(mode);
   const uint32_t fixed = prime_fixed_bits(fixed_digits, shape.ell, logits);
-  const c10::cuda::CUDAGuard guard(logits.device());
+  const mdfast::cuda::KernelGuard guard(logits.device());
   const at::Tensor z = logits.contiguous();
   const at::Tensor d = digits.contiguous();
   validate_rows_cuda(d, nullptr, shape.ell, base, shape.classes);
