@@ -1,0 +1,199 @@
+"""``make gpu-check``'s pieces that need no GPU: the parsers of its logs, the summary and the
+packing of a canned run folder, the import of a run's rows into bench/results, and the smoke
+script that the sanitizer runs (here on the CPU kernels: every registered op must be called)."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from mdfast import _extension
+
+ROOT = Path(__file__).resolve().parent.parent
+_spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "tools" / "gpu_check.py")
+gpu_check = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(gpu_check)
+
+JUNIT = """<?xml version="1.0" encoding="utf-8"?>
+<testsuites><testsuite name="pytest" errors="1" failures="1" skipped="1" tests="5">
+<testcase classname="tests.test_a" name="test_x[cpu]" time="0.1"/>
+<testcase classname="tests.test_a" name="test_x[cuda]" time="0.1"/>
+<testcase classname="tests.test_a" name="test_y[cuda]"><failure message="boom">tb</failure>
+</testcase>
+<testcase classname="tests.test_b" name="test_z"><error message="setup">trace</error></testcase>
+<testcase classname="tests.test_b" name="test_s"><skipped message="no gpu"/></testcase>
+</testsuite></testsuites>
+"""
+
+MEMCHECK = """========= COMPUTE-SANITIZER
+========= Invalid __global__ read of size 4 bytes
+cuda_ops_smoke on cuda:0: 12 ops called (...), 100 checks, 0 failed: OK
+========= ERROR SUMMARY: 2 errors
+"""
+RACECHECK = """========= COMPUTE-SANITIZER
+cuda_ops_smoke on cuda:0: 12 ops called (...), 100 checks, 0 failed: OK
+========= RACECHECK SUMMARY: 3 hazards displayed (0 errors, 3 warnings)
+"""
+
+
+def test_parse_junit_counts_and_cuda_cases(tmp_path):
+    path = tmp_path / "junit.xml"
+    path.write_text(JUNIT)
+    c = gpu_check.parse_junit(path)
+    assert (c["passed"], c["failed"], c["errors"], c["skipped"]) == (2, 1, 1, 1)
+    assert c["cuda_passed"] == 1
+    assert c["failures"] == ["tests.test_a::test_y[cuda]", "tests.test_b::test_z"]
+    assert gpu_check.parse_junit(tmp_path / "missing.xml") is None
+
+
+def test_parse_pytest_log_serial_and_xdist(tmp_path):
+    log = tmp_path / "pytest.log"
+    log.write_text(
+        "tests/test_a.py::test_x[cuda] PASSED                [ 10%]\n"
+        "tests/test_a.py::test_y FAILED                      [ 20%]\n"
+        "[gw3] [ 30%] PASSED tests/test_b.py::test_q[cuda]\n"
+        "[gw1] [ 40%] SKIPPED tests/test_b.py::test_s\n"
+        "[gw0] [ 50%] ERROR tests/test_b.py::test_e\n"
+    )
+    c = gpu_check.parse_pytest_log(log)
+    assert (c["passed"], c["failed"], c["errors"], c["skipped"]) == (2, 1, 1, 1)
+    assert c["cuda_passed"] == 2 and c["incomplete"]
+    assert c["failures"] == ["tests/test_a.py::test_y", "tests/test_b.py::test_e"]
+
+
+def test_parse_sanitizer_summaries():
+    mem = gpu_check.parse_sanitizer(MEMCHECK)
+    assert mem["errors"] == 2 and mem["smoke_ok"]
+    race = gpu_check.parse_sanitizer(RACECHECK)
+    assert race["errors"] == 0 and race["hazards"] == 3 and race["race_warnings"] == 3
+    died = gpu_check.parse_sanitizer("========= ERROR SUMMARY: 0 errors\nTraceback ...\n")
+    assert died["errors"] == 0 and not died["smoke_ok"]
+
+
+def _row(bench, case, provider, role, ms, **extra):
+    return {"bench": bench, "case": case, "provider": provider, "role": role,
+            "median_ms": ms, **extra}  # fmt: skip
+
+
+ROWS = [
+    _row("masked_ce", "N=16384 bf16", "mdfast", "mdfast", "1.0", frac_of_floor="0.8",
+         floor_bound="bytes", peak_mem_mb="100", copy_GBps="4110.0", theoretical_GBps="4917.2",
+         copy_over_theoretical="0.836", matmul_TFLOPs="762.0", matmul_dtype="bfloat16"),
+    _row("masked_ce", "N=16384 bf16", "mdfast_inplace", "mdfast", "1.25"),
+    _row("masked_ce", "N=16384 bf16", "liger_ce", "baseline", "3.0", peak_mem_mb="50"),
+    _row("masked_ce", "N=16384 bf16", "torch_ce", "baseline", "12.0"),
+    _row("masked_ce", "N=16384 bf16", "liger_flce", "baseline", "", note="not importable"),
+    _row("step", "B=16 q=0.5", "mdfast_events", "info", "0.01"),
+    _row("step", "B=16 q=0.5", "mdfast_step", "mdfast", "2.0"),
+]  # fmt: skip
+
+
+def test_headlines_compare_fastest_mdfast_with_fastest_peer():
+    lines = gpu_check.headlines(ROWS)
+    assert lines[0] == (
+        "masked_ce         N=16384 bf16: mdfast 1.000 ms vs liger_ce 3.000 ms = 3.00x, "
+        "80% of floor (bytes), peak 100 vs 50 MiB"
+    )
+    assert lines[1] == "step              B=16 q=0.5: mdfast_step 2.000 ms (no peer ran)"
+
+
+def _canned_run(out: Path) -> None:
+    work = out / "files"
+    (work / "bench").mkdir(parents=True)
+    (work / "junit.xml").write_text(JUNIT)
+    (work / "memcheck.log").write_text(MEMCHECK)
+    (work / "racecheck.log").write_text(RACECHECK)
+    image = {"runnable": True, "sass": "sm_90", "ptx": "compute_90", "error": None}
+    device = {"name": "NVIDIA H200", "capability": "9.0", "sm_count": 132,
+              "sm_clock_mhz": 1980.0, "memory_clock_mhz": 3201.0, "memory_bus_width_bits": 6144,
+              "theoretical_bandwidth_gbps": 4917.2, "l2_cache_mb": 60.0, "total_memory_gib": 139.8,
+              "source": "cuda.bindings", "kernel_image": image}  # fmt: skip
+    info = {"version": "0.1.0", "torch": "2.11.0+cu130", "torch_cuda": "13.0",
+            "backends": ["CPU", "CUDA"], "cuda_archs": ["sm_90"], "device": device}  # fmt: skip
+    (work / "build_info.json").write_text(json.dumps(info))
+    state = {
+        "build": {"status": "ok", "seconds": 95.0, "detail": "MAX_JOBS=16"},
+        "tests": {"status": "failed", "seconds": 120.0, "detail": "2 passed, 1 failed",
+                  "counts": gpu_check.parse_junit(work / "junit.xml")},
+        "memcheck": {"status": "failed", "seconds": 60.0, "detail": "2 errors; smoke OK"},
+        "racecheck": {"status": "ok", "seconds": 70.0, "detail": "0 errors, 3 hazards"},
+    }  # fmt: skip
+    (work / "phases.json").write_text(json.dumps(state))
+    with open(work / "bench" / "masked_ce.csv", "w", newline="") as f:
+        fields = sorted({k for r in ROWS for k in r} | {"run"})
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows({**r, "run": "gpucheck-canned"} for r in ROWS)
+
+
+def _gpu_check(*args, env=None):
+    return subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "gpu_check.py"), *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        timeout=300,
+    )
+
+
+def test_summary_of_a_canned_run_and_its_import(tmp_path):
+    out = tmp_path / "out"
+    _canned_run(out)
+    r = _gpu_check("--phases", "summary", "--out-dir", str(out))
+    assert r.returncode == 1, r.stdout + r.stderr  # a failed test and memcheck errors: FAIL
+    summary = (out / "summary.txt").read_text()
+    assert "NVIDIA H200, compute capability 9.0, 132 SMs" in summary
+    assert "4917.2 GB/s theoretical" in summary and "this GPU runs sm_90" in summary
+    assert "failing tests (2): tests.test_a::test_y[cuda], tests.test_b::test_z" in summary
+    assert "memcheck         failed" in summary
+    assert "copy 4110.0 GB/s measured (theoretical 4917.2 GB/s, ratio 0.836)" in summary
+    assert "mdfast 1.000 ms vs liger_ce 3.000 ms = 3.00x" in summary
+    assert "not run: liger_flce: not importable" in summary
+    assert summary.rstrip().endswith("verdict : FAIL")
+    # what the device tool brings back: at most 8 files, the loose folder packed away
+    top = sorted(p.name for p in out.iterdir())
+    assert top == ["gpu-check.tar.gz", "masked_ce.csv", "summary.txt"]
+    with tarfile.open(out / "gpu-check.tar.gz") as tar:
+        names = set(tar.getnames())
+    assert {
+        "gpu-check/memcheck.log",
+        "gpu-check/junit.xml",
+        "gpu-check/bench/masked_ce.csv",
+    } <= names
+
+    results = tmp_path / "results"
+    r = _gpu_check("import-results", str(out), env={"MDFAST_BENCH_RESULTS": str(results)})
+    assert r.returncode == 0, r.stdout + r.stderr
+    with open(results / "masked_ce.csv", newline="") as f:
+        imported = list(csv.DictReader(f))
+    assert [row["provider"] for row in imported] == [row["provider"] for row in ROWS]
+    assert (results / "masked_ce.png").stat().st_size > 1000
+    kept = results / "gpu-check" / "gpucheck-canned"
+    assert (kept / "summary.txt").read_text() == summary
+    assert (kept / "memcheck.log").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif("cpu" not in _extension.BACKENDS, reason="CPU kernels not built")
+def test_smoke_script_calls_every_op_on_cpu():
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "cuda_ops_smoke.py"), "--device", "cpu"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    last = r.stdout.strip().splitlines()[-1]
+    assert last.endswith(": OK") and " 0 failed" in last
+    assert "ops never called" not in r.stdout
