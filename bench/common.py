@@ -29,6 +29,7 @@ import csv
 import ctypes
 import datetime
 import functools
+import gc
 import os
 import platform
 import statistics
@@ -390,6 +391,42 @@ def result_row(
     return {**row, **context_columns(device)}
 
 
+def measure_row(
+    bench: str,
+    case: str,
+    provider: str,
+    role: str,
+    fn: Callable[[], object],
+    device: torch.device | str,
+    *,
+    warmup: int,
+    repeat: int,
+    max_seconds: float | None = None,
+    ceil: Ceilings | None = None,
+    nbytes: float = 0.0,
+    flops: float = 0.0,
+    **shape,
+) -> dict:
+    """Time ``fn`` (:func:`measure`), then measure the peak memory of one more call, and return
+    its :func:`result_row` (also printed)."""
+    t = measure(fn, warmup=warmup, repeat=repeat, device=device, max_seconds=max_seconds)
+    gc.collect()
+    peak = peak_memory_bytes(fn, device)
+    row = result_row(
+        bench, case, provider, role, t, device,
+        peak_bytes=peak, ceil=ceil, nbytes=nbytes, flops=flops, **shape,
+    )  # fmt: skip
+    print_row(row)
+    return row
+
+
+def skipped_row(bench: str, case: str, provider: str, why: str, device, **shape) -> dict:
+    """The row (also printed) of a peer that could not run here, saying why."""
+    row = result_row(bench, case, provider, "baseline", None, device, note=why, **shape)
+    print_row(row)
+    return row
+
+
 def print_row(row: dict) -> None:
     """One line per row on stdout (the benchmark's progress)."""
     head = f"{row['bench']:>14s} | {row['case']} | {row['provider']:24s}"
@@ -493,3 +530,14 @@ def plot(
     fig.savefig(png, dpi=110)
     plt.close(fig)
     return png
+
+
+def plot_cases(csv_path: Path | str, title: str) -> Path:
+    """:func:`plot` of a benchmark CSV: one group of bars per (bench, case) and device type, the
+    latest row of each provider, rows without a timing left out."""
+    return plot(
+        csv_path,
+        label_cols=["bench", "case"],
+        title=title,
+        where=lambda r: r.get("median_ms") not in (None, "") and bool(r.get("case")),
+    )

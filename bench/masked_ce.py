@@ -19,8 +19,9 @@ autograd the same way):
   torch_ce        mdfast.reference.masked_ce_cross_entropy (F.cross_entropy(reduction="none"))
   liger_ce        Liger-Kernel's LigerCrossEntropyLoss (CUDA, when it imports)
 linear_masked_ce providers (gradients for hidden, weight and bias): mdfast (fused, chunked over the
-active rows), torch_unfused (F.linear then the reference CE), liger_flce
-(LigerFusedLinearCrossEntropyLoss, when it imports), torch_linear_ce (torch's chunked
+active rows, fp32 weight-gradient accumulation), torch_unfused (F.linear then the reference CE),
+liger_flce (LigerFusedLinearCrossEntropyLoss as shipped: weight gradient accumulated in bf16) and
+liger_flce_fp32acc (accum_dtype=float32), when it imports; torch_linear_ce (torch's chunked
 F.linear_cross_entropy, torch >= 2.13).
 
 Floors: masked_ce fwd+bwd reads the active rows once and writes the N x V gradient,
@@ -42,11 +43,9 @@ from bench.common import (
     add_output_arguments,
     ceilings,
     is_cuda,
-    measure,
-    peak_memory_bytes,
-    plot,
-    print_row,
-    result_row,
+    measure_row,
+    plot_cases,
+    skipped_row,
     write_rows,
     writes_results,
 )
@@ -104,22 +103,25 @@ def _linear_providers(device) -> dict:
         "mdfast": (ops.linear_masked_ce, "mdfast"),
         "torch_unfused": (reference.linear_masked_ce, "baseline"),
     }
-    liger, why = baselines.liger_fused_linear_cross_entropy()
-    if liger is not None and not is_cuda(device):
-        liger, why = None, "Liger-Kernel runs on CUDA only"
-    providers["liger_flce"] = (liger, "baseline") if liger is not None else (None, why)
+    for name, accum in (("liger_flce", None), ("liger_flce_fp32acc", torch.float32)):
+        liger, why = baselines.liger_fused_linear_cross_entropy(accum)
+        if liger is not None and not is_cuda(device):
+            liger, why = None, "Liger-Kernel runs on CUDA only"
+        providers[name] = (liger, "baseline") if liger is not None else (None, why)
     native, why = baselines.torch_linear_cross_entropy()
     providers["torch_linear_ce"] = (native, "baseline") if native is not None else (None, why)
     return providers
 
 
 def _ce_inputs(n, v, dtype, frac, device, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    logits = torch.randn(n, v, generator=g, dtype=torch.float32).to(dtype).to(device)
-    target = torch.randint(0, v - 1, (n,), generator=g).to(device)
-    weight = torch.zeros(n)
-    weight[torch.randperm(n, generator=g)[: round(frac * n)]] = 1.0
-    return logits, target, (weight * 2.0).to(device)
+    """Random logits, targets and a weight of 2 on ``frac`` of the rows (0 elsewhere), drawn on
+    ``device`` (GPU-sized inputs would take seconds to draw on the host)."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    logits = torch.randn(n, v, generator=g, device=device).to(dtype)
+    target = torch.randint(0, v - 1, (n,), generator=g, device=device)
+    weight = torch.zeros(n, device=device)
+    weight[torch.randperm(n, generator=g, device=device)[: round(frac * n)]] = 2.0
+    return logits, target, weight
 
 
 def _ce_step(fn, leaf, target, weight, exclude):
@@ -141,20 +143,13 @@ def _linear_step(fn, leaves, target, row_weight, exclude):
     return step
 
 
-def _time_and_peak(step, device, args):
-    t = measure(
-        step,
-        warmup=args.warmup,
-        repeat=args.repeat,
-        device=device,
-        max_seconds=args.max_seconds,
-    )
-    gc.collect()
-    return t, peak_memory_bytes(step, device)
+def _timing(args) -> dict:
+    return {"warmup": args.warmup, "repeat": args.repeat, "max_seconds": args.max_seconds}
 
 
 def bench_ce(cases, device, args, ceil) -> list[dict]:
     providers = _ce_providers(device)
+    timing = _timing(args)
     rows = []
     for n, v, dname, frac in cases:
         logits, target, weight = _ce_inputs(n, v, DTYPES[dname], frac, device)
@@ -165,20 +160,18 @@ def bench_ce(cases, device, args, ceil) -> list[dict]:
         case_rows = []
         for name, (fn, role) in providers.items():
             if fn is None:  # the second item says why
-                row = result_row("masked_ce", case, name, "baseline", None, device, **shape)
-                case_rows.append({**row, "note": role})
+                case_rows.append(skipped_row("masked_ce", case, name, role, device, **shape))
                 continue
             leaf = logits.clone().requires_grad_()
-            t, peak = _time_and_peak(_ce_step(fn, leaf, target, weight, exclude), device, args)
             case_rows.append(
-                result_row(
+                measure_row(
                     "masked_ce",
                     case,
                     name,
                     role,
-                    t,
+                    _ce_step(fn, leaf, target, weight, exclude),
                     device,
-                    peak_bytes=peak,
+                    **timing,
                     ceil=ceil,
                     nbytes=(frac + 1.0) * n * v * elem,
                     **shape,
@@ -190,28 +183,20 @@ def bench_ce(cases, device, args, ceil) -> list[dict]:
         with torch.no_grad():  # the forward alone (evaluation)
             for name in ("mdfast", "reference"):
                 fn, role = providers[name]
-                t = measure(
-                    functools.partial(fn, logits, target, weight, exclude),
-                    warmup=args.warmup,
-                    repeat=args.repeat,
-                    device=device,
-                    max_seconds=args.max_seconds,
-                )
                 case_rows.append(
-                    result_row(
+                    measure_row(
                         "masked_ce_fwd",
                         case,
                         name,
                         role,
-                        t,
+                        functools.partial(fn, logits, target, weight, exclude),
                         device,
+                        **timing,
                         ceil=ceil,
                         nbytes=frac * n * v * elem,
                         **fwd_shape,
                     )
                 )
-        for row in case_rows:
-            print_row(row)
         if args.write:  # per case: an interrupted run keeps what it measured
             write_rows(CSV, case_rows)
         rows += case_rows
@@ -221,18 +206,19 @@ def bench_ce(cases, device, args, ceil) -> list[dict]:
 
 
 def _linear_inputs(n, d, v, dtype, frac, device, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    hidden = torch.randn(n, d, generator=g).to(dtype).to(device)
-    weight = (torch.randn(v, d, generator=g) / d**0.5).to(dtype).to(device)
-    bias = (torch.randn(v, generator=g) * 0.1).to(dtype).to(device)
-    target = torch.randint(0, v - 1, (n,), generator=g).to(device)
-    row_weight = torch.zeros(n)
-    row_weight[torch.randperm(n, generator=g)[: round(frac * n)]] = 1.0
-    return hidden, weight, bias, target, row_weight.to(device)
+    g = torch.Generator(device=device).manual_seed(seed)
+    hidden = torch.randn(n, d, generator=g, device=device).to(dtype)
+    weight = (torch.randn(v, d, generator=g, device=device) / d**0.5).to(dtype)
+    bias = (torch.randn(v, generator=g, device=device) * 0.1).to(dtype)
+    target = torch.randint(0, v - 1, (n,), generator=g, device=device)
+    row_weight = torch.zeros(n, device=device)
+    row_weight[torch.randperm(n, generator=g, device=device)[: round(frac * n)]] = 1.0
+    return hidden, weight, bias, target, row_weight
 
 
 def bench_linear(cases, device, args, ceil) -> list[dict]:
     providers = _linear_providers(device)
+    timing = _timing(args)
     rows = []
     for n, d, v, dname, frac in cases:
         hidden, weight, bias, target, row_weight = _linear_inputs(
@@ -243,21 +229,19 @@ def bench_linear(cases, device, args, ceil) -> list[dict]:
         case_rows = []
         for name, (fn, role) in providers.items():
             if fn is None:
-                row = result_row("linear_masked_ce", case, name, "baseline", None, device, **shape)
-                case_rows.append({**row, "note": role})
+                case_rows.append(skipped_row("linear_masked_ce", case, name, role, device, **shape))
                 continue
             leaves = [t.clone().requires_grad_() for t in (hidden, weight, bias)]
             step = _linear_step(fn, leaves, target, row_weight, v - 1)
-            t, peak = _time_and_peak(step, device, args)
             case_rows.append(
-                result_row(
+                measure_row(
                     "linear_masked_ce",
                     case,
                     name,
                     role,
-                    t,
+                    step,
                     device,
-                    peak_bytes=peak,
+                    **timing,
                     ceil=ceil,
                     flops=3 * 2 * frac * n * d * v,
                     nbytes=(v * d + 2 * n * d) * hidden.element_size(),
@@ -266,8 +250,6 @@ def bench_linear(cases, device, args, ceil) -> list[dict]:
             )
             del leaves, step
             gc.collect()
-        for row in case_rows:
-            print_row(row)
         if args.write:
             write_rows(CSV, case_rows)
         rows += case_rows
@@ -275,12 +257,7 @@ def bench_linear(cases, device, args, ceil) -> list[dict]:
 
 
 def plot_results(path=CSV):
-    return plot(
-        path,
-        label_cols=["bench", "case"],
-        title="masked_ce / linear_masked_ce: median ms (latest run per device)",
-        where=lambda r: r.get("median_ms") not in (None, "") and r.get("case"),
-    )
+    return plot_cases(path, "masked_ce / linear_masked_ce: median ms (latest run per device)")
 
 
 def main(argv=None) -> None:

@@ -34,11 +34,9 @@ from bench.common import (
     add_output_arguments,
     ceilings,
     is_cuda,
-    measure,
-    peak_memory_bytes,
-    plot,
-    print_row,
-    result_row,
+    measure_row,
+    plot_cases,
+    skipped_row,
     write_rows,
     writes_results,
 )
@@ -50,14 +48,15 @@ SAMPLE_STEPS = {"mid": (0.5, 0.52), "last": (0.5, 1.0)}
 
 
 def problem(batch, length, num_classes, ell, p_mask, seed=0, dtype=torch.float32, device="cpu"):
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator(device=device).manual_seed(seed)
     base = prime.prime_base(num_classes, ell)
     n = batch * length
-    x = torch.randint(0, num_classes, (n,), generator=g)
+    x = torch.randint(0, num_classes, (n,), generator=g, device=device)
     digits = prime.encode(x, num_classes, ell)
-    digits = torch.where(torch.rand(n, ell, generator=g) < p_mask, base, digits)
-    logits = torch.randn(n, num_classes, generator=g, dtype=dtype)
-    return logits.to(device), x.to(device), digits.to(device), base
+    masked = torch.rand(n, ell, generator=g, device=device) < p_mask
+    digits = torch.where(masked, base, digits)
+    logits = torch.randn(n, num_classes, generator=g, device=device, dtype=dtype)
+    return logits, x, digits, base
 
 
 def consistent_sizes(digits, num_classes, base, chunk=4096) -> torch.Tensor:
@@ -80,23 +79,27 @@ def _run(op, case, providers, device, args, ceil, nbytes, shape) -> list[dict]:
     rows = []
     for name, fn in providers:
         if fn is None:
-            note = f"reference skipped: would materialise > {args.ref_limit_gb} GB"
-            rows.append(
-                {**result_row(op, case, name, "baseline", None, device, **shape), "note": note}
-            )
+            why = f"reference skipped: would materialise > {args.ref_limit_gb} GB"
+            rows.append(skipped_row(op, case, name, why, device, **shape))
             continue
-        t = measure(fn, warmup=1, repeat=args.repeat, device=device, max_seconds=args.max_seconds)
-        gc.collect()
-        mem = peak_memory_bytes(fn, device)
-        gc.collect()
         role = "mdfast" if name == "mdfast" else "baseline"
         rows.append(
-            result_row(
-                op, case, name, role, t, device, peak_bytes=mem, ceil=ceil, nbytes=nbytes, **shape
+            measure_row(
+                op,
+                case,
+                name,
+                role,
+                fn,
+                device,
+                warmup=1,
+                repeat=args.repeat,
+                max_seconds=args.max_seconds,
+                ceil=ceil,
+                nbytes=nbytes,
+                **shape,
             )
         )
-    for row in rows:
-        print_row(row)
+        gc.collect()
     return rows
 
 
@@ -211,11 +214,8 @@ def sweep(quick: bool, cuda: bool):
 
 
 def plot_results(path=CSV):
-    return plot(
-        path,
-        label_cols=["bench", "case"],
-        title="MDM-Prime kernels vs seed-style reference: median ms (latest run per device)",
-        where=lambda r: r.get("median_ms") not in (None, "") and r.get("case"),
+    return plot_cases(
+        path, "MDM-Prime kernels vs seed-style reference: median ms (latest run per device)"
     )
 
 

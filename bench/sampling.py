@@ -47,9 +47,9 @@ from bench.common import (
     dit_forward_flops,
     is_cuda,
     measure,
-    peak_memory_bytes,
+    measure_row,
     peak_tracker,
-    plot,
+    plot_cases,
     print_row,
     result_row,
     write_rows,
@@ -100,12 +100,12 @@ def e2e_model(size: str, vocab: int, length: int, device) -> DiT:
 
 
 def _step_inputs(B, L, V, dtype, device, seed=0):
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator(device=device).manual_seed(seed)
     mask = V - 1
-    x = torch.full((B, L), mask, dtype=torch.int64)
-    x[:, : L // 2] = torch.randint(0, V - 1, (B, L // 2), generator=g)  # half decoded
-    logits = (torch.randn(B, L, V, generator=g) * 2).to(dtype)
-    return x.to(device), logits.to(device), mask
+    x = torch.full((B, L), mask, dtype=torch.int64, device=device)
+    x[:, : L // 2] = torch.randint(0, V - 1, (B, L // 2), generator=g, device=device)  # decoded
+    logits = (torch.randn(B, L, V, generator=g, device=device) * 2).to(dtype)
+    return x, logits, mask
 
 
 def _step_cases(B, L, V, q, dtype, device, with_seed: bool) -> dict:
@@ -173,32 +173,24 @@ def bench_step(device, args, ceil) -> list[dict]:
                 case_rows = []
                 for name, (fn, role) in cases.items():
                     heavy = name.startswith("seed")
-                    t = measure(
-                        fn,
-                        warmup=1 if heavy else args.warmup,
-                        repeat=3 if heavy and not cuda else args.repeat,
-                        device=device,
-                        max_seconds=60,
-                    )
-                    gc.collect()
-                    peak = peak_memory_bytes(fn, device)
                     rows_read = 0 if name == "mdfast_events" else unmasked
                     case_rows.append(
-                        result_row(
+                        measure_row(
                             "step",
                             case,
                             name,
                             role,
-                            t,
+                            fn,
                             device,
-                            peak_bytes=peak,
+                            warmup=1 if heavy else args.warmup,
+                            repeat=3 if heavy and not cuda else args.repeat,
+                            max_seconds=60,
                             ceil=ceil,
                             nbytes=_step_floor_bytes(B, L, V, elem, rows_read),
                             unmasked_rows=rows_read,
                             **shape,
                         )
                     )
-                    print_row(case_rows[-1])
                 if args.write:
                     write_rows(CSV, case_rows)
                 rows += case_rows
@@ -214,8 +206,8 @@ def bench_sample_x0(device, args, ceil) -> list[dict]:
     cuda = is_cuda(device)
     N, V = (256, 4097) if args.quick else ((16384, 50258) if cuda else (1024, 50258))
     mask = V - 1
-    g = torch.Generator().manual_seed(0)
-    logits = (torch.randn(N, V, generator=g) * 2).to(device)
+    g = torch.Generator(device=device).manual_seed(0)
+    logits = torch.randn(N, V, generator=g, device=device) * 2
     rows = []
     for top_p in (1.0, 0.9):
         providers = {
@@ -244,24 +236,22 @@ def bench_sample_x0(device, args, ceil) -> list[dict]:
         shape = {"N": N, "V": V, "dtype": "float32", "top_p": top_p}
         case_rows = []
         for name, (fn, role) in providers.items():
-            t = measure(fn, warmup=args.warmup, repeat=args.repeat, device=device, max_seconds=30)
-            gc.collect()
-            peak = peak_memory_bytes(fn, device)
             case_rows.append(
-                result_row(
+                measure_row(
                     "sample_x0",
                     case,
                     name,
                     role,
-                    t,
+                    fn,
                     device,
-                    peak_bytes=peak,
+                    warmup=args.warmup,
+                    repeat=args.repeat,
+                    max_seconds=30,
                     ceil=ceil,
                     nbytes=N * V * 4 + N * 12,
                     **shape,
                 )
             )
-            print_row(case_rows[-1])
         if args.write:
             write_rows(CSV, case_rows)
         rows += case_rows
@@ -370,12 +360,7 @@ def bench_e2e(device, args, ceil) -> list[dict]:
 
 
 def plot_results(path=CSV):
-    return plot(
-        path,
-        label_cols=["bench", "case"],
-        title="mdfast sampling: median ms (latest run per device)",
-        where=lambda r: r.get("median_ms") not in (None, "") and r.get("case"),
-    )
+    return plot_cases(path, "mdfast sampling: median ms (latest run per device)")
 
 
 def main(argv=None) -> None:

@@ -33,11 +33,8 @@ from bench.common import (
     ceilings,
     dit_forward_flops,
     is_cuda,
-    measure,
-    peak_memory_bytes,
-    plot,
-    print_row,
-    result_row,
+    measure_row,
+    plot_cases,
     write_rows,
     writes_results,
 )
@@ -117,18 +114,17 @@ def main(argv=None) -> None:
             loss.backward()
             opt.step()
 
-        timing = measure(step, warmup=warmup, repeat=repeat, device=device, max_seconds=60)
-        gc.collect()
-        peak = peak_memory_bytes(step, device)
         rows.append(
-            result_row(
+            measure_row(
                 "train_step",
                 case,
                 name,
                 role,
-                timing,
+                step,
                 device,
-                peak_bytes=peak,
+                warmup=warmup,
+                repeat=repeat,
+                max_seconds=60,
                 ceil=ceil,
                 flops=flops,
                 model=f"{config.n_blocks}x{config.hidden_dim}",
@@ -139,19 +135,13 @@ def main(argv=None) -> None:
                 masked_rows=masked_rows,
             )
         )
-        print_row(rows[-1])
         del opt, step
         model.zero_grad(set_to_none=True)
         gc.collect()
     if writes_results(args):
         write_rows(CSV, rows)
         if not args.no_plot:
-            png = plot(
-                CSV,
-                label_cols=["bench", "case"],
-                title="MDLM training step: median ms (latest run per device)",
-                where=lambda r: r.get("median_ms") not in (None, ""),
-            )
+            png = plot_cases(CSV, "MDLM training step: median ms (latest run per device)")
             print(f"plot: {png}")
 
 
