@@ -54,6 +54,15 @@ def test_parse_junit_counts_and_cuda_cases(tmp_path):
     assert gpu_check.parse_junit(tmp_path / "missing.xml") is None
 
 
+def test_cuda_cases_are_told_by_their_parameters():
+    assert gpu_check.is_cuda_case("tests/t.py::test_x[cuda]")
+    assert gpu_check.is_cuda_case("tests.t::test_y[cuda-float32]")
+    assert gpu_check.is_cuda_case("tests.t::test_z[4-cuda:0-remdm]")
+    assert not gpu_check.is_cuda_case("tests.t::test_parse_cuda_cases")
+    assert not gpu_check.is_cuda_case("tests.t::test_x[cpu]")
+    assert not gpu_check.is_cuda_case("tests.t::test_x[cudagraph]")
+
+
 def test_parse_pytest_log_serial_and_xdist(tmp_path):
     log = tmp_path / "pytest.log"
     log.write_text(

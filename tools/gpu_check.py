@@ -44,9 +44,11 @@ import signal
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import ClassVar
 
 ROOT = Path(__file__).resolve().parent.parent
 PHASES = ["wheels", "build", "info", "tests", "sanitizer", "bench", "summary"]
@@ -74,7 +76,10 @@ SUMMARY = "summary.txt"
 
 class Job:
     """A child process whose whole output goes to one log file; killed (its process group, and
-    nothing else) when its time is up."""
+    nothing else) when its time is up or when gpu-check itself is stopped. The group stays in
+    this session, so whatever stops the session stops it too."""
+
+    running: ClassVar[set[Job]] = set()
 
     def __init__(self, name, cmd, log: Path, env, timeout):
         self.name, self.cmd, self.log, self.timeout = name, cmd, log, max(1.0, timeout)
@@ -88,8 +93,27 @@ class Job:
             stderr=subprocess.STDOUT,
             cwd=ROOT,
             env=env,
-            start_new_session=True,
+            process_group=0,
         )
+        Job.running.add(self)
+        self.end: float | None = None  # set when the process exits, by a watcher thread
+        threading.Thread(target=self._watch, daemon=True).start()
+
+    def _watch(self) -> None:
+        self.proc.wait()
+        self.end = time.monotonic()
+        Job.running.discard(self)
+
+    def kill(self) -> None:
+        """SIGTERM to the job's process group, SIGKILL 10 s later if it is still there."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
 
     def wait(self) -> dict:
         timed_out = False
@@ -97,14 +121,9 @@ class Job:
             rc = self.proc.wait(timeout=max(1.0, self.timeout - (time.monotonic() - self.start)))
         except subprocess.TimeoutExpired:
             timed_out = True
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+            self.kill()
             rc = None
-        seconds = round(time.monotonic() - self.start, 1)
+        seconds = round((self.end or time.monotonic()) - self.start, 1)
         if timed_out:
             self.file.write(
                 f"\n[gpu-check] killed after {seconds} s (limit {self.timeout:.0f} s)\n"
@@ -254,7 +273,10 @@ class Check:
         self.record("info", r)
 
     def tests_command(self) -> list[str]:
-        cmd = self.python("-m", "pytest", "tests", "-v", "-rfEs", "-p", "no:cacheprovider",
+        extra = shlex.split(self.args.pytest_args or "")
+        named = any((ROOT / a.split("::")[0]).exists() for a in extra if not a.startswith("-"))
+        paths = [] if named else ["tests"]  # test paths among them replace the whole suite
+        cmd = self.python("-m", "pytest", *paths, "-v", "-rfEs", "-p", "no:cacheprovider",
                           f"--junitxml={self.work / 'junit.xml'}")  # fmt: skip
         if self.has_module("pytest_benchmark"):
             cmd.append("--benchmark-disable")
@@ -264,7 +286,7 @@ class Check:
                 cmd += ["-n", str(workers)]
         if self.has_module("pytest_timeout"):
             cmd += ["--timeout", os.environ.get("PYTEST_TIMEOUT", "300")]
-        return cmd + shlex.split(self.args.pytest_args or "")
+        return cmd + extra
 
     def smoke_jobs(self) -> list[tuple[str, list[str], dict]]:
         smoke = self.python(str(ROOT / "tools" / "cuda_ops_smoke.py"))
@@ -394,9 +416,18 @@ def find_sanitizer() -> str | None:
 # --- parsing ------------------------------------------------------------------------------------
 
 
+_CUDA_PARAM = re.compile(r"\[(?:[^\]]*[-_])?cuda(?::\d+)?(?:[-_][^\]]*)?\]")
+
+
+def is_cuda_case(test_id: str) -> bool:
+    """A test case parametrized on a CUDA device: ``test_x[cuda]``, ``test_y[cuda-fp32]``,
+    ``test_z[4-cuda:0]`` (not a test that merely has 'cuda' in its name)."""
+    return bool(_CUDA_PARAM.search(test_id))
+
+
 def parse_junit(path: Path) -> dict | None:
-    """Counts of a pytest JUnit XML: passed / failed / errors / skipped, the passed tests run on
-    CUDA (a 'cuda' parameter or name), and the first failing test ids."""
+    """Counts of a pytest JUnit XML: passed / failed / errors / skipped, the passed cases
+    parametrized on CUDA, and the failing test ids."""
     if not Path(path).exists():
         return None
     try:
@@ -417,8 +448,7 @@ def parse_junit(path: Path) -> dict | None:
             counts["skipped"] += 1
         else:
             counts["passed"] += 1
-            if "cuda" in name.lower():
-                counts["cuda_passed"] += 1
+            counts["cuda_passed"] += is_cuda_case(name)
     return counts
 
 
@@ -443,8 +473,8 @@ def parse_pytest_log(path: Path) -> dict:
         counts[key] += 1
         if key in ("failed", "errors"):
             counts["failures"].append(test)
-        elif key == "passed" and "cuda" in test.lower():
-            counts["cuda_passed"] += 1
+        elif key == "passed":
+            counts["cuda_passed"] += is_cuda_case(test)
     return counts
 
 
@@ -452,7 +482,7 @@ def format_counts(c: dict) -> str:
     text = (
         f"{c['passed']} passed, {c['failed']} failed, {c['errors']} errors, {c['skipped']} skipped"
     )
-    text += f" ({c['cuda_passed']} CUDA cases passed)"
+    text += f" ({c['cuda_passed']} CUDA-parametrized cases passed)"
     return text + (" [incomplete: no JUnit XML]" if c.get("incomplete") else "")
 
 
@@ -655,8 +685,17 @@ def import_results(source: str) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _stop(signum, frame):
+    """Stopped from outside (a time limit, Ctrl-C): end the running jobs' process groups too."""
+    for job in list(Job.running):
+        job.kill()
+    raise SystemExit(128 + signum)
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
     if argv[:1] == ["import-results"]:
         if len(argv) != 2:
             raise SystemExit("usage: gpu_check.py import-results DIR_OR_TARBALL")
@@ -684,7 +723,9 @@ def main(argv=None) -> int:
         help="wall-clock seconds for everything (default 480; none in a dry run)",
     )
     parser.add_argument(
-        "--pytest-args", default=os.environ.get("PYTEST_ARGS"), help="extra pytest arguments"
+        "--pytest-args",
+        default=os.environ.get("PYTEST_ARGS"),
+        help="extra pytest arguments; test paths among them replace the whole suite",
     )
     parser.add_argument(
         "--serial", action="store_true", help="sanitizer after the tests, not beside them"
