@@ -206,3 +206,15 @@ def test_smoke_script_calls_every_op_on_cpu():
     last = r.stdout.strip().splitlines()[-1]
     assert last.endswith(": OK") and " 0 failed" in last
     assert "ops never called" not in r.stdout
+
+
+def test_phases_that_do_not_fit_the_budget_are_skipped(tmp_path):
+    out = tmp_path / "out"
+    r = _gpu_check("--dry-run", "--phases", "tests,bench,summary", "--budget", "10",
+                   "--out-dir", str(out))  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    summary = (out / "summary.txt").read_text()
+    for phase in ("tests", "bench:masked_ce", "bench:e2e"):
+        assert f"{phase}" in summary
+    assert summary.count("no time left in the budget") >= 1
+    assert "left in the budget" in summary.split("bench:e2e", 1)[1].splitlines()[0]
