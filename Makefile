@@ -29,7 +29,7 @@ $(VENV)/.deps: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH_SPEC)
-	$(PIP) install -q "setuptools>=77" wheel ninja numpy pytest pytest-benchmark scipy ruff clang-format matplotlib safetensors mlxtend
+	$(PIP) install -q "setuptools>=77" wheel ninja numpy pytest pytest-benchmark scipy ruff clang-format matplotlib safetensors mlxtend torch-fidelity
 	touch $@
 
 venv: $(VENV)/.deps
@@ -59,7 +59,7 @@ test-cpp:
 # runs/demo/samples.png. DEMO_ARGS="--steps 300" for a quicker look.
 DEMO_ARGS ?=
 demo: install
-	$(PY) -m mdfast.experiments.mnist_demo $(DEMO_ARGS)
+	$(PY) -m mdfast.experiments.mnist.demo $(DEMO_ARGS)
 
 bench: install
 	$(PY) -m bench

@@ -16,7 +16,7 @@ def modules() -> list[str]:
     found = {
         m.name
         for m in pkgutil.iter_modules([str(Path(__file__).parent)])
-        if m.name not in ("common", "baselines", "__main__") and not m.name.startswith("test_")
+        if m.name not in ("common", "peers", "__main__") and not m.name.startswith("test_")
     }
     return [n for n in ORDER if n in found] + sorted(found - set(ORDER))
 
@@ -27,6 +27,8 @@ def main() -> None:
     args, rest = parser.parse_known_args()
     for name in args.only or modules():
         module = importlib.import_module(f"bench.{name}")
+        if not hasattr(module, "main"):  # a helper module (e.g. a stand-in model), not a benchmark
+            continue
         print(f"=== bench.{name}", flush=True)
         module.main(rest)
 

@@ -16,7 +16,7 @@ autograd the same way):
   mdfast_inplace  the same with inplace_backward=True (gradient written into the logits buffer)
   reference       mdfast.reference.masked_ce in eager mode (mask to -inf, log_softmax, gather)
   compile         torch.compile(mdfast.reference.masked_ce)
-  torch_ce        mdfast.reference.masked_ce_cross_entropy (F.cross_entropy(reduction="none"))
+  torch_ce        mdfast.baselines.masked_ce_cross_entropy (F.cross_entropy(reduction="none"))
   liger_ce        Liger-Kernel's LigerCrossEntropyLoss (CUDA, when it imports)
 linear_masked_ce providers (gradients for hidden, weight and bias): mdfast (fused, chunked over the
 active rows, fp32 weight-gradient accumulation), torch_unfused (F.linear then the reference CE),
@@ -37,7 +37,7 @@ import gc
 
 import torch
 
-from bench import baselines
+from bench import peers
 from bench.common import (
     add_device_argument,
     add_output_arguments,
@@ -49,7 +49,7 @@ from bench.common import (
     write_rows,
     writes_results,
 )
-from mdfast import ops, reference
+from mdfast import baselines, ops, reference
 
 CSV = "masked_ce.csv"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -89,9 +89,9 @@ def _ce_providers(device) -> dict:
         ),
         "reference": (reference.masked_ce, "baseline"),
         "compile": (torch.compile(reference.masked_ce, dynamic=False), "baseline"),
-        "torch_ce": (reference.masked_ce_cross_entropy, "baseline"),
+        "torch_ce": (baselines.masked_ce_cross_entropy, "baseline"),
     }
-    liger, why = baselines.liger_cross_entropy()
+    liger, why = peers.liger_cross_entropy()
     if liger is not None and not is_cuda(device):
         liger, why = None, "Liger-Kernel runs on CUDA only"
     providers["liger_ce"] = (liger, "baseline") if liger is not None else (None, why)
@@ -104,11 +104,11 @@ def _linear_providers(device) -> dict:
         "torch_unfused": (reference.linear_masked_ce, "baseline"),
     }
     for name, accum in (("liger_flce", None), ("liger_flce_fp32acc", torch.float32)):
-        liger, why = baselines.liger_fused_linear_cross_entropy(accum)
+        liger, why = peers.liger_fused_linear_cross_entropy(accum)
         if liger is not None and not is_cuda(device):
             liger, why = None, "Liger-Kernel runs on CUDA only"
         providers[name] = (liger, "baseline") if liger is not None else (None, why)
-    native, why = baselines.torch_linear_cross_entropy()
+    native, why = peers.torch_linear_cross_entropy()
     providers["torch_linear_ce"] = (native, "baseline") if native is not None else (None, why)
     return providers
 

@@ -40,7 +40,8 @@ from bench.common import (
     write_rows,
     writes_results,
 )
-from mdfast import ops, prime, reference
+from mdfast import digits as codec
+from mdfast import ops, reference
 
 CSV = "prime.csv"
 
@@ -49,10 +50,10 @@ SAMPLE_STEPS = {"mid": (0.5, 0.52), "last": (0.5, 1.0)}
 
 def problem(batch, length, num_classes, ell, p_mask, seed=0, dtype=torch.float32, device="cpu"):
     g = torch.Generator(device=device).manual_seed(seed)
-    base = prime.prime_base(num_classes, ell)
+    base = codec.prime_base(num_classes, ell)
     n = batch * length
     x = torch.randint(0, num_classes, (n,), generator=g, device=device)
-    digits = prime.encode(x, num_classes, ell)
+    digits = codec.encode(x, num_classes, ell)
     masked = torch.rand(n, ell, generator=g, device=device) < p_mask
     digits = torch.where(masked, base, digits)
     logits = torch.randn(n, num_classes, generator=g, device=device, dtype=dtype)

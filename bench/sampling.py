@@ -5,8 +5,8 @@ the seed code and plain torch, in one process.
   decoded (the state at t = 0.5 of alpha = 1 - t), with a fraction ``q`` of the masked positions
   unmasking: q = 0.5 (a coarse step) and q = 2/T (T = 1024, a fine step). CUDA: B = 16, float32;
   CPU: B = 1 (``--batches``), float32 and bfloat16.
-  - ``seed_step``: the seed's ``_ddpm_caching_update`` with no cache: SUBS log-probs from the
-    logits, exp, the B x L x V posterior and ReMDM's float64 exponential race.
+  - ``seed_step``: the seed's ``_ddpm_caching_update`` (``mdfast.baselines``) with no cache: SUBS
+    log-probs from the logits, exp, the B x L x V posterior and ReMDM's float64 exponential race.
   - ``seed_step_fp32``: the same with MDLM's float32 race.
   - ``seed_cached_step``: the float64 step with the cached p_x0 (what each cached step costs).
   - ``mdfast_step``: ``ops.mask_step`` (reads only the logits rows that unmask).
@@ -19,7 +19,7 @@ the seed code and plain torch, in one process.
   read of the logits.
 * ``e2e``: generation with MDLM's DiT, random weights (not time-conditioned). CUDA: MDLM-small
   (12 x 768, V = 50258) at B = 64, L = 1024, T = 1000 under bf16 autocast: the seed-style
-  ``ddpm_cache`` (``reference.seed_sample``; float32 logits and MDLM's float32 race, since
+  ``ddpm_cache`` (``baselines.seed_sample``; float32 logits and MDLM's float32 race, since
   ReMDM's float64 posterior of 64 x 1024 x 50258 does not fit), mdfast ``ddpm_cache`` (full
   logits) and ``first_hitting_head`` (the output head run only on the rows that unmask). CPU: a
   one-block 64-wide DiT with V = 256 at B = 1, T in {128, 1024, 5000}, plus ``ddpm`` and
@@ -39,7 +39,6 @@ import gc
 
 import torch
 
-from bench import baselines
 from bench.common import (
     add_device_argument,
     add_output_arguments,
@@ -55,7 +54,7 @@ from bench.common import (
     write_rows,
     writes_results,
 )
-from mdfast import ops, reference, sampling
+from mdfast import baselines, ops, sampling
 from mdfast.models import DiT, DiTConfig
 
 CSV = "sampling.csv"
@@ -117,19 +116,19 @@ def _step_cases(B, L, V, q, dtype, device, with_seed: bool) -> dict:
     a_t, a_s = 1 - t, 1 - (t - dt)
     cases = {}
     if with_seed:
-        p_cache = reference.seed_subs_parameterization(logits.float(), x, mask).exp()
+        p_cache = baselines.seed_subs_parameterization(logits.float(), x, mask).exp()
         g = torch.Generator(device=device).manual_seed(1)
         full = lambda _x: logits.float()  # noqa: E731
         cases["seed_step"] = (
-            lambda: reference.seed_ddpm_caching_update(full, x, t, dt, mask, None, True, 1.0, g),
+            lambda: baselines.seed_ddpm_caching_update(full, x, t, dt, mask, None, True, 1.0, g),
             "baseline",
         )
         cases["seed_step_fp32"] = (
-            lambda: reference.seed_ddpm_caching_update(full, x, t, dt, mask, None, False, 1.0, g),
+            lambda: baselines.seed_ddpm_caching_update(full, x, t, dt, mask, None, False, 1.0, g),
             "baseline",
         )
         cases["seed_cached_step"] = (
-            lambda: reference.seed_ddpm_caching_update(None, x, t, dt, mask, p_cache, True, 1.0, g),
+            lambda: baselines.seed_ddpm_caching_update(None, x, t, dt, mask, p_cache, True, 1.0, g),
             "baseline",
         )
     cases["mdfast_step"] = (
@@ -267,7 +266,7 @@ def _generate(name, dit, B, L, T, mask, device, seed=0) -> tuple[int, int]:
     kw["device"] = device
     if name == "seed_ddpm_cache":  # float32 logits and race (MDLM's own sampling precision)
         g = torch.Generator(device=device).manual_seed(seed)
-        calls = reference.seed_sample(
+        calls = baselines.seed_sample(
             FullLogits(dit, torch.float32),
             batch_size=B,
             length=L,

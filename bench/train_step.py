@@ -6,7 +6,7 @@ t, x_t drawn once (MDLM's antithetic t, log-linear masking) and shared by every 
 is ``zero_grad(set_to_none=True)``, forward, loss (token mean), backward and an AdamW step.
 
 Providers:
-  mdlm_loss         MDLM's path: full logits, then ``reference.mdlm_subs_loss`` (mask logit
+  mdlm_loss         MDLM's path: full logits, then ``baselines.mdlm_subs_loss`` (mask logit
                     -1e6, logsumexp over B x L x V, carry-over overwrite, gather)
   mdfast_subs_loss  full logits, then ``losses.subs_loss`` (fused masked CE, unmasked rows unread)
   mdfast_fused      ``MDLM(fused=True)``: the trunk, then ``ops.linear_masked_ce`` over the
@@ -38,7 +38,7 @@ from bench.common import (
     write_rows,
     writes_results,
 )
-from mdfast import reference
+from mdfast import baselines
 from mdfast.diffusion.mdlm import MDLM, mask_tokens
 from mdfast.models import DiT, DiTConfig
 
@@ -91,7 +91,7 @@ def main(argv=None) -> None:
 
     def mdlm_loss():
         logits = model(xt, sigma)
-        return reference.mdlm_subs_loss(logits, x0, xt, mask, t).mean()
+        return baselines.mdlm_subs_loss(logits, x0, xt, mask, t).mean()
 
     providers = {
         "mdlm_loss": (mdlm_loss, "baseline"),

@@ -193,37 +193,15 @@ def _sample(args) -> int:
 def _eval(args) -> int:
     import torch
 
-    from mdfast import experiments
-    from mdfast.experiments.build import build_data, build_model, build_objective
-    from mdfast.train import checkpoint as ckpt_io
+    from mdfast.experiments.build import build_data
     from mdfast.train.data import StepBatches
-    from mdfast.train.ema import EMA
 
-    cfg = _config(args)
-    if args.ckpt:
-        cfg["eval"]["ckpt"] = args.ckpt
-    path = cfg["eval"]["ckpt"] or ckpt_io.latest_checkpoint(cfg["train"]["out_dir"])
-    state = ckpt_io.load(path) if path else None
-    stored = state.get("config") if state else None
-    if isinstance(stored, dict) and all(k in stored for k in ("model", "objective", "data")):
-        # the run's own config (with its overrides), then this command's overrides on top
-        ev = cfg["eval"]
-        cfg = experiments.apply_overrides({k: stored[k] for k in experiments.SECTIONS
-                                           if k in stored}, args.overrides)  # fmt: skip
-        cfg["eval"] = ev
-    if args.print_config:
+    cfg, objective, path = _load_run(args, "eval")
+    if objective is None:
         print(json.dumps(cfg, indent=2))
         return 0
     ev = cfg["eval"]
     _, val = build_data(cfg["data"])
-    objective = build_objective(cfg["objective"], build_model(cfg["model"]))
-    if state is not None:
-        objective.load_state_dict(state["model"])
-        if ev["use_ema"] and state.get("ema") is not None:
-            ema = EMA(objective, state["ema"]["decay"])
-            ema.load_state_dict(state["ema"])
-            ema.copy_to()
-    objective.eval()
     torch.manual_seed(ev["seed"])
     n_val = len(val["input_ids"]) if isinstance(val, dict) else len(val)
     bs = min(ev["batch_size"], n_val)

@@ -127,11 +127,12 @@ def test_eval_from_mdlm_directory(tmp_path, capsys):
 
 
 def test_register_objective_is_overridable(monkeypatch, capsys):
-    from mdfast.experiments import build
+    from mdfast.experiments import build, registry
 
-    monkeypatch.setattr(build, "OBJECTIVES", dict(build.OBJECTIVES))
-    monkeypatch.setattr(build, "OBJECTIVE_DEFAULTS", dict(build.OBJECTIVE_DEFAULTS))
+    registry.load_experiments()
+    monkeypatch.setattr(registry, "OBJECTIVES", dict(registry.OBJECTIVES))
     build.register_objective("toy", {"alpha": 0.5}, lambda model, o: ("toy", o))
+    assert build.OBJECTIVE_DEFAULTS["toy"] == {"alpha": 0.5}
     rc, out, err = _run(["train", "tiny-mdlm", "objective.name=toy", "objective.alpha=0.25",
                          "--print-config"], capsys)  # fmt: skip
     assert rc == 0, err

@@ -8,11 +8,16 @@ import math
 import pytest
 import torch
 
-from mdfast.data.mnist import MASK, BinarizedMNIST, CorruptedMNIST
-from mdfast.diffusion.ambient import AmbientMDLM, MDLMBaseline, NaiveCorrupted, pixel_ce
-from mdfast.metrics import digit_frechet as dfm
+from mdfast.experiments.mnist import frechet as dfm
+from mdfast.experiments.mnist.data import MASK, BinarizedMNIST, CorruptedMNIST
+from mdfast.experiments.mnist.model import MNISTUNet
+from mdfast.experiments.mnist.objectives import (
+    AmbientMDLM,
+    MDLMBaseline,
+    NaiveCorrupted,
+    pixel_ce,
+)
 from mdfast.metrics.elbo import nelbo_bits_per_token
-from mdfast.models import MNISTUNet
 
 
 def _tiny_unet():
@@ -103,6 +108,44 @@ def test_loss_never_reads_unobserved_pixels(kind, corrupted, digits):
     for loss, grads in results[1:]:
         assert torch.equal(loss, results[0][0])
         assert torch.equal(grads, results[0][1])
+
+
+def test_baseline_is_mdlm_subs_nelbo_on_a_fixed_batch(fresh_seed, digits):
+    """MDLMBaseline (now :class:`mdfast.diffusion.MDLM` with the pixel mask id) on a fixed batch
+    equals the SUBS NELBO recomputed in float64 from the noised input and time it used:
+    mean over pixels of 1[masked] · (1/t) · (logsumexp_{v ≠ MASK} z_v − z_{x0}), with t read back
+    from the log-linear σ_t = −log(1 − (1 − ε)t) handed to the model."""
+    from mdfast.diffusion import MDLM
+
+    torch.manual_seed(fresh_seed % 2**31)
+    net = _tiny_unet()
+    torch.nn.init.normal_(net.out.weight, std=0.3)
+    seen = []
+
+    class Recorder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x, sigma=None):
+            out = self.net(x, sigma)
+            seen.append((x.clone(), sigma.detach().double().clone(), out.detach().double()))
+            return out
+
+    objective = MDLMBaseline(Recorder())
+    assert isinstance(objective, MDLM) and objective.mask_index == MASK
+    x0, labels = digits.tokens[:16], digits.labels[:16]
+    loss, metrics = objective((x0, labels))
+    xt, sigma, logits = seen[0]
+    eps = objective.schedule.eps
+    t = -torch.expm1(-sigma) / (1 - eps)
+    masked = xt == MASK
+    assert masked.any() and (xt[~masked] == x0[~masked]).all()
+    z = logits[..., :MASK]  # the mask class left out
+    ce = torch.logsumexp(z, -1) - z.gather(-1, x0[..., None]).squeeze(-1)
+    want = (masked * ce / t.view(-1, 1, 1)).mean()
+    torch.testing.assert_close(loss.double(), want, rtol=1e-5, atol=1e-6)
+    assert torch.equal(metrics["loss"], loss.detach())
 
 
 def test_ambient_bad_masked_fraction():

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from mdfast.data import mnist
-from mdfast.data.mnist import MASK, BinarizedMNIST, CorruptedMNIST, binarize, load_mnist
+from mdfast.experiments.mnist import data as mnist
+from mdfast.experiments.mnist.data import MASK, BinarizedMNIST, CorruptedMNIST, binarize, load_mnist
 
 
 def _write_idx(path, array: np.ndarray) -> None:

@@ -8,13 +8,8 @@ import math
 import pytest
 import torch
 
-from mdfast.data.mnist import MASK
 from mdfast.experiments import mnist as exp
-
-
-def _needs_trainer():
-    # mdfast.train comes from its own issue; the end-to-end tests need it in the tree.
-    pytest.importorskip("mdfast.train", reason="mdfast.train not in this tree yet")
+from mdfast.experiments.mnist.data import MASK
 
 
 class _Recorder(torch.nn.Module):
@@ -57,7 +52,6 @@ def test_stay_masked_probability(sampler):
 def test_demo_tiny(tmp_path, capsys, monkeypatch):
     """The demo at tiny settings: trains, samples with mdfast and the reference, evaluates, writes
     samples.png and prints the summary lines."""
-    _needs_trainer()
     from mdfast.experiments import mnist_demo
 
     monkeypatch.setenv("MDFAST_CACHE_DIR", str(tmp_path / "cache"))
@@ -88,7 +82,6 @@ def test_seed_scripts_checkpoints_and_sample(tmp_path, monkeypatch):
     """train_ambient.py's flags on a tiny MNIST root in torchvision's layout: checkpoints every 5
     epochs and final, named as the seed README; sample.py --checkpoint writes the grid; loading
     the checkpoint as another experiment fails naming the mismatch."""
-    _needs_trainer()
     from test_mnist_data import _fake_mnist
 
     monkeypatch.setenv("MDFAST_CACHE_DIR", str(tmp_path / "cache"))

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from mdfast.data.mnist import MASK
 from mdfast.experiments import mnist as exp
+from mdfast.experiments.mnist.data import MASK
 
 
 def test_training_data_per_experiment():

@@ -136,3 +136,75 @@ def test_causal_lm_is_causal(fresh_seed):
     x2[:, 6:] = (x2[:, 6:] + 3) % 64
     torch.testing.assert_close(m(x2)[:, :6], m(x)[:, :6])
     assert not torch.allclose(m(x2)[:, 6:], m(x)[:, 6:])
+
+
+def _preset_cases():
+    from mdfast.experiments.mnist.model import MODEL_PRESETS, MNISTUNet
+    from mdfast.models import DIT_PRESETS, DiT
+
+    cases = []
+    for name in DIT_PRESETS:
+        cases.append((DiT, DIT_PRESETS, name, {"n_blocks": 1, "time_conditioning": True}))
+        cases.append((CausalLM, DIT_PRESETS, name, {"dropout": 0.25}))
+    for name in UNET_PRESETS:
+        cases.append((UNet, UNET_PRESETS, name, {"time_input": True, "num_res_blocks": 1}))
+    for name in UVIT_PRESETS:
+        cases.append((UViT, UVIT_PRESETS, name, {"time_cond": True, "depth": 2}))
+    for name in MODEL_PRESETS:
+        cases.append((MNISTUNet, MODEL_PRESETS, name, {"dropout": 0.5}))
+    return cases
+
+
+@pytest.mark.parametrize(
+    ("cls", "table", "name", "overrides"),
+    _preset_cases(),
+    ids=lambda v: v.__name__ if isinstance(v, type) else v if isinstance(v, str) else "",
+)
+def test_constructor_never_changes_a_preset(cls, table, name, overrides):
+    """Building a model from a preset with overrides, then editing the model's config, leaves the
+    preset table as it was (the UNet and U-ViT used to setattr the overrides on the preset)."""
+    import copy
+
+    before = copy.deepcopy(table)
+    with torch.device("meta"):
+        if isinstance(table[name], dict):  # the MNIST net takes its preset as keyword arguments
+            m = cls(**{**table[name], **overrides})
+        else:
+            m = cls(table[name], **overrides)
+            for key, value in overrides.items():
+                assert getattr(m.config, key) == value
+            for value in vars(m.config).values():
+                if isinstance(value, list):
+                    value.append(99)  # the model's config shares no list with the preset
+    assert table == before
+
+
+def test_constructor_rejects_unknown_override():
+    with pytest.raises(TypeError, match=r"unknown UNet config field\(s\) \['chanel_mult'\]"):
+        UNet(UNET_PRESETS["tiny"], chanel_mult=[1])
+    with pytest.raises(ValueError, match="unknown U-ViT preset 'huge'"):
+        UViT("huge")
+
+
+@pytest.mark.parametrize(("dim", "scale", "dtype"), [(64, 1.0, torch.float32), (33, 1000.0,
+                         torch.float32), (256, 1.0, torch.float64)])  # fmt: skip
+def test_sinusoidal_embedding_formula(fresh_seed, dim, scale, dtype):
+    """[cos(s·t·f_j) | sin(s·t·f_j)] with f_j = 10000^(−j/h) (float32 frequencies), a zero column
+    for odd widths; float64 t is computed in float64."""
+    from mdfast.models.embeddings import sinusoidal_embedding
+
+    g = torch.Generator().manual_seed(fresh_seed)
+    t = torch.rand(7, generator=g, dtype=dtype) * (1.0 if scale != 1.0 else 50.0)
+    half = dim // 2
+    freqs = (10000.0 ** (-torch.arange(half, dtype=torch.float64) / half)).float().double()
+    args = scale * t.double()[:, None] * freqs[None]
+    want = torch.cat([args.cos(), args.sin()], -1)
+    if dim % 2:
+        want = torch.cat([want, torch.zeros(7, 1, dtype=torch.float64)], -1)
+    got = sinusoidal_embedding(t, dim, scale=scale)
+    assert got.dtype == torch.promote_types(dtype, torch.float32) and got.shape == (7, dim)
+    # float32 frequencies (exp in float32: within 2 ulp), and float32 arguments for float32 t
+    tol = args.abs().max().item() * (2**-22 if dtype == torch.float64 else 2**-20) + 1e-7
+    torch.testing.assert_close(got.double(), want, rtol=0, atol=tol)
+    with pytest.raises(ValueError, match="'t' must be 1-d"):
+        sinusoidal_embedding(t[:, None], dim)

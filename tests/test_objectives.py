@@ -262,3 +262,27 @@ def test_kappa_schedules():
         torch.testing.assert_close(dkappa(t, kind), g)
     with pytest.raises(ValueError, match="cosine"):
         kappa(t, "cubic")
+
+
+def test_unpack_batch_forms():
+    """One unpacker for every objective: tensors, dicts, and tuples whose items the objective
+    names (``(x0, label)`` by default; the MNIST objectives read ``(x_obs, observed, label)``)."""
+    from mdfast.diffusion.base import unpack
+
+    x, m, y = torch.arange(6).view(2, 3), torch.ones(2, 3, dtype=torch.bool), torch.tensor([4, 5])
+    assert unpack(x)[0] is x and unpack(x)[1:] == (None, {})
+    x0, attn, rest = unpack({"input_ids": x, "attention_mask": m, "label": y})
+    assert x0 is x and attn is m and rest.keys() == {"label"}
+    assert unpack((x, y))[2]["label"] is y and unpack((x,))[2] == {}
+    rest = unpack((x, m, y), ("observed", "label"))[2]
+    assert rest["observed"] is m and rest["label"] is y
+    with pytest.raises(TypeError, match="unsupported batch type"):
+        unpack(3)
+
+
+def test_interpolant_rejects_unknown_kappa():
+    with pytest.raises(ValueError, match=r"unknown kappa 'sqrt'; valid: \['cosine', 'linear'\]"):
+        Interpolant(torch.nn.Identity(), mask_index=3, kappa="sqrt")
+    with pytest.raises(ValueError, match="unknown kappa"):
+        dkappa(torch.zeros(1), "sqrt")
+    assert Interpolant(torch.nn.Identity(), mask_index=3, kappa="cosine").kappa == "cosine"

@@ -206,14 +206,14 @@ def mask_step_ops(dev, chk, cpu_kernels):
 
 
 def prime_ops(dev, chk, cpu_kernels):
-    from mdfast import prime
+    from mdfast import digits as codec
 
     g = torch.Generator().manual_seed(5)
     for c, ell in ((256, 2), (1000, 3)):
-        base = prime.prime_base(c, ell)
+        base = codec.prime_base(c, ell)
         n = 29
         x = torch.randint(0, c, (n,), generator=g)
-        digits = prime.encode(x, c, ell)
+        digits = codec.encode(x, c, ell)
         digits = torch.where(torch.rand(n, ell, generator=g) < 0.5, base, digits)
         logits = torch.randn(n, c, generator=g, dtype=torch.float64)
         for mode in ("joint", "elbo"):

@@ -58,6 +58,7 @@ BENCHES = {
     "sampling": (["-m", "bench.sampling", "--only", "step", "sample_x0"], "sampling.csv"),
     "prime": (["-m", "bench.prime"], "prime.csv"),
     "train_step": (["-m", "bench.train_step"], "train_step.csv"),
+    "integrations": (["-m", "bench.integrations"], "integrations.csv"),
     "e2e": (["-m", "bench.sampling", "--only", "e2e"], "sampling.csv"),
 }
 # seconds a benchmark needs on an H200 before it is started at all (the rest: whatever is left).

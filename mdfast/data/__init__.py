@@ -1,3 +1,16 @@
-"""Dataset loaders (real on-disk formats, never a download) and the small shipped demo data."""
+"""Dataset loaders of general use (real on-disk formats, never a download).
 
-from mdfast.data import mnist as mnist
+An experiment's own data (e.g. binarized MNIST) lives in its package under
+:mod:`mdfast.experiments`; ``mdfast.data.mnist`` is a deprecated alias of
+:mod:`mdfast.experiments.mnist.data`, loaded only when asked for.
+"""
+
+import importlib
+
+_DEPRECATED_SUBMODULES = {"mnist"}
+
+
+def __getattr__(name: str):
+    if name in _DEPRECATED_SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

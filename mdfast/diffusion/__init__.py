@@ -1,7 +1,12 @@
 """Forward processes and losses of masked discrete diffusion models, as modules:
-``objective(batch) -> (loss, metrics)`` (see ``mdfast.diffusion.base``)."""
+``objective(batch) -> (loss, metrics)`` (see ``mdfast.diffusion.base``).
 
-from mdfast.diffusion import ambient as ambient
+Generic: nothing here imports an experiment. The binarized-MNIST objectives live in
+:mod:`mdfast.experiments.mnist.objectives` (``mdfast.diffusion.ambient`` is a deprecated alias,
+loaded only when asked for)."""
+
+import importlib
+
 from mdfast.diffusion.ar import AR
 from mdfast.diffusion.base import Objective, sample_t
 from mdfast.diffusion.imdm import IMDM, IMDMBackbone, imdm_posterior, imdm_update
@@ -25,3 +30,11 @@ __all__ = [
     "kappa",
     "sample_t",
 ]
+
+_DEPRECATED_SUBMODULES = {"ambient"}
+
+
+def __getattr__(name: str):
+    if name in _DEPRECATED_SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

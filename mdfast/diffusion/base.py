@@ -2,9 +2,9 @@
 
 An objective is an ``nn.Module`` that owns its backbone (``self.model``) and maps a batch to
 ``(loss, metrics)`` in ``forward``; ``loss(batch)`` is the same call. A batch is a tensor of token
-ids ``[B, ...]`` or a dict with ``"input_ids"`` (and optionally ``"attention_mask"``,
-``"label"``). The trainer wraps the objective (not the bare model) in DDP, so every parameter an
-objective owns is trained and synchronised.
+ids ``[B, ...]``, a dict with ``"input_ids"`` (and optionally ``"attention_mask"``, ``"label"``)
+or a tuple (see :func:`unpack`). The trainer wraps the objective (not the bare model) in DDP, so
+every parameter an objective owns is trained and synchronised.
 """
 
 from __future__ import annotations
@@ -18,15 +18,21 @@ from mdfast.schedules import sample_t
 __all__ = ["Objective", "sample_t", "token_mean", "unpack"]
 
 
-def unpack(batch) -> tuple[torch.Tensor, torch.Tensor | None, dict]:
-    """``(x0, attention_mask or None, the rest of the batch)``."""
+def unpack(
+    batch, names: tuple[str, ...] = ("label",)
+) -> tuple[torch.Tensor, torch.Tensor | None, dict]:
+    """``(x0, attention_mask or None, the rest of the batch as a dict)``.
+
+    ``batch``: a tensor of ids; a dict with ``"input_ids"`` (and optionally ``"attention_mask"``
+    and any other fields); or a tuple/list ``(x0, *more)`` whose items after the first are named
+    by ``names`` (default ``(x0, label)``; an objective on other tuples names its own fields)."""
     if isinstance(batch, torch.Tensor):
         return batch, None, {}
     if isinstance(batch, dict):
         rest = {k: v for k, v in batch.items() if k not in ("input_ids", "attention_mask")}
         return batch["input_ids"], batch.get("attention_mask"), rest
     if isinstance(batch, (list, tuple)):
-        return batch[0], None, {"label": batch[1]} if len(batch) > 1 else {}
+        return batch[0], None, dict(zip(names, batch[1:], strict=False))
     raise TypeError(f"mdfast: unsupported batch type {type(batch).__name__}")
 
 

@@ -15,26 +15,40 @@ import torch.nn.functional as F
 
 from mdfast.diffusion.base import Objective, unpack
 
-__all__ = ["Interpolant", "dkappa", "kappa"]
+__all__ = ["KAPPAS", "Interpolant", "check_kappa", "dkappa", "kappa"]
+
+
+KAPPAS = ("cosine", "linear")
+
+
+def check_kappa(kind: str) -> None:
+    if kind not in KAPPAS:
+        raise ValueError(f"mdfast: unknown kappa '{kind}'; valid: {list(KAPPAS)}")
 
 
 def kappa(t: torch.Tensor, kind: str = "linear") -> torch.Tensor:
+    """κ(t), the probability that a data token is kept at time t: ``linear`` κ = t, ``cosine``
+    κ = 1 − cos(πt/2)."""
+    check_kappa(kind)
     if kind == "linear":
         return t
-    if kind == "cosine":
-        return 1 - torch.cos(0.5 * math.pi * t)
-    raise ValueError(f"mdfast: unknown kappa '{kind}'; valid: ['cosine', 'linear']")
+    return 1 - torch.cos(0.5 * math.pi * t)
 
 
 def dkappa(t: torch.Tensor, kind: str = "linear") -> torch.Tensor:
+    """dκ/dt: 1 (``linear``), (π/2)·sin(πt/2) (``cosine``)."""
+    check_kappa(kind)
     if kind == "linear":
         return torch.ones_like(t)
-    if kind == "cosine":
-        return 0.5 * math.pi * torch.sin(0.5 * math.pi * t)
-    raise ValueError(f"mdfast: unknown kappa '{kind}'; valid: ['cosine', 'linear']")
+    return 0.5 * math.pi * torch.sin(0.5 * math.pi * t)
 
 
 class Interpolant(Objective):
+    """The masked CE of the discrete interpolant (module docstring). ``kappa``: the name of the
+    keep schedule κ (one of :data:`KAPPAS`); ``t_min``: t ~ U[t_min, 1]; ``p_uncond``: the
+    probability of the null class ``num_classes`` for classifier-free guidance (0 classes:
+    unconditional)."""
+
     def __init__(
         self,
         model,
@@ -46,9 +60,8 @@ class Interpolant(Objective):
     ):
         super().__init__(model)
         self.mask_index = mask_index
-        self.kind = kappa
-        kappa_fn = globals()["kappa"]
-        kappa_fn(torch.zeros(1), kappa)  # validate
+        check_kappa(kappa)
+        self.kappa = kappa
         self.t_min = t_min
         self.p_uncond = p_uncond
         self.num_classes = num_classes
@@ -57,7 +70,7 @@ class Interpolant(Objective):
         x1, _, rest = unpack(batch)
         b = x1.shape[0]
         t = self.t_min + (1 - self.t_min) * torch.rand(b, device=x1.device)
-        k = kappa(t, self.kind).reshape(-1, *([1] * (x1.dim() - 1)))
+        k = kappa(t, self.kappa).reshape(-1, *([1] * (x1.dim() - 1)))
         keep = torch.rand(x1.shape, device=x1.device) < k
         xt = torch.where(keep, x1, self.mask_index)
         if "label" in rest and self.num_classes > 0:

@@ -1,4 +1,4 @@
-"""MDM-Prime (partial masking): each token c ∈ [0, C) is ℓ base-b digits (:mod:`mdfast.prime`),
+"""MDM-Prime (partial masking): each token c ∈ [0, C) is ℓ base-b digits (:mod:`mdfast.digits`),
 and every digit is masked independently with the schedule's probability.
 
 :class:`Prime` holds the digit embedding (one table of b + 1 rows shared by all digit positions,
@@ -24,8 +24,8 @@ import torch
 from torch import nn
 
 from mdfast import ops
-from mdfast.prime import encode, prime_base
-from mdfast.schedules import LogLinearSchedule, PolynomialSchedule, flip_time
+from mdfast.digits import encode, prime_base, smallest_class
+from mdfast.schedules import LogLinearSchedule, PolynomialSchedule, flip_time, sample_t
 
 __all__ = ["Prime", "digit_schedule"]
 
@@ -125,15 +125,12 @@ class Prime(nn.Module):
     def sample_times(
         self, batch: int, device=None, generator: torch.Generator | None = None
     ) -> torch.Tensor:
-        """Stratified (antithetic) times, one per sequence: t_k = ((k + u)/B) mapped onto the
-        convention's training range ([ε, 1] for mdlm, [0, 1 − ε] for polynomial)."""
-        u = torch.rand((), generator=generator, dtype=torch.float64)
-        s = (torch.arange(batch, dtype=torch.float64) + u) / batch
-        if self.convention == "mdlm":
-            s = self.eps + (1 - self.eps) * s
-        else:
-            s = s * (1 - self.eps)
-        return s.to(device)
+        """Stratified (antithetic) times, one per sequence, from :func:`mdfast.schedules.sample_t`
+        (MDLM's: t_k = ε + (1 − ε)(k + u_k)/B), in the convention's training range: [ε, 1) for
+        mdlm, its flip (0, 1 − ε] for polynomial (where t = 1 is data). Float64, drawn on the CPU
+        (``generator`` is a CPU generator), then moved to ``device``."""
+        t = sample_t(batch, eps=self.eps, generator=generator, dtype=torch.float64)
+        return (t if self.convention == "mdlm" else flip_time(t)).to(device)
 
     # ---------------------------------------------------------------- losses
 
@@ -324,7 +321,5 @@ class Prime(nn.Module):
         new = torch.where(jump, torch.where(to_mask, self.mask_id, proposal), d)
         if fixed_digits is not None and fixed_digits.numel():
             new[:, fixed_digits.to(d.device)] = d[:, fixed_digits.to(d.device)]
-        powers = self.base ** torch.arange(self.num_digits - 1, -1, -1, device=d.device)
-        smallest = (torch.where(new == self.mask_id, 0, new) * powers).sum(1)
-        new = torch.where((smallest >= self.num_classes)[:, None], d, new)
+        new = torch.where((smallest_class(new, self.base) >= self.num_classes)[:, None], d, new)
         return new.view(shape)

@@ -1,13 +1,21 @@
-"""Experiment presets, kept in one place, and the ``key=value`` override mechanism.
+"""Experiment presets and the ``key=value`` override mechanism.
 
-A preset is a nested dict with sections ``model``, ``objective``, ``data``, ``train`` and
-``eval`` (see :mod:`mdfast.experiments.text` and :mod:`mdfast.experiments.image`). Each section
-names a builder (``name``) and lists its fields; :func:`resolve` fills every field the builder
-accepts with its default, so ``mdfast train <preset> --print-config`` shows every field and every
-field can be overridden with a dotted ``section.field=value`` argument. Values are parsed to the
-type of the field's default (``true``/``false`` for bools, JSON/Python literals for lists,
-``null`` / ``None`` for none). A ``*.preset`` / ``*.name`` override is applied before defaults
-are filled, so ``model.preset=small`` switches the whole architecture and later overrides patch it.
+A preset is a nested dict with sections ``model``, ``objective``, ``data``, ``train``, ``eval``
+and ``sample`` (see :mod:`mdfast.experiments.text`, :mod:`mdfast.experiments.image` and each
+experiment's own presets, e.g. :mod:`mdfast.experiments.mnist.presets`). Each section names a
+builder (``name``, looked up in :mod:`mdfast.experiments.registry`) and lists its fields;
+:func:`resolve` fills every field the builder accepts with its default, so ``mdfast train <preset>
+--print-config`` shows every field and every field can be overridden with a dotted
+``section.field=value`` argument. Values are parsed to the type of the field's default
+(``true``/``false`` for bools, JSON/Python literals for lists, ``null`` / ``None`` for none).
+A ``*.preset`` / ``*.name`` override is applied before defaults are filled, so
+``model.preset=small`` switches the whole architecture and later overrides patch it.
+
+Layout of this package: :mod:`~mdfast.experiments.registry` (the name → builder tables and the
+lazy discovery of experiments), :mod:`~mdfast.experiments.builtin` (what mdfast ships),
+:mod:`~mdfast.experiments.build` (config → model, objective, data), and one subpackage per
+experiment (``mnist/``) that registers what it adds. The generic packages of mdfast never import
+this package.
 
 Why not Hydra/OmegaConf (MDLM's convention)? The same dotted ``key=value`` syntax without the
 dependency or its working-directory side effects; presets are plain Python you can import.
@@ -18,24 +26,24 @@ from __future__ import annotations
 import ast
 import copy
 import json
-from dataclasses import asdict, fields
+from dataclasses import fields
 
-from mdfast.experiments import image, mnist, text
+from mdfast.experiments import registry
+from mdfast.experiments.registry import ConfigError
 
 __all__ = ["PRESETS", "ConfigError", "apply_overrides", "get", "preset_names", "resolve"]
-
-PRESETS: dict[str, dict] = {**text.PRESETS, **image.PRESETS, **mnist.PRESETS}
-mnist.register()
 
 SECTIONS = ("model", "objective", "data", "train", "eval", "sample")
 
 
-class ConfigError(ValueError):
-    pass
+def __getattr__(name: str):
+    if name == "PRESETS":  # every preset, once the experiments are registered
+        return registry.presets()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def preset_names() -> list[str]:
-    return sorted(PRESETS)
+    return sorted(registry.presets())
 
 
 # --- defaults per builder ----------------------------------------------------------------------
@@ -43,57 +51,21 @@ def preset_names() -> list[str]:
 
 def _model_defaults(m: dict) -> dict:
     name = m.get("name", "dit")
-    if name == "dit":
-        from mdfast.models.dit import DIT_PRESETS
-
-        preset = m.get("preset", "small")
-        if preset not in DIT_PRESETS:
-            raise ConfigError(
-                f"mdfast: unknown model.preset '{preset}'; valid: {sorted(DIT_PRESETS)}"
-            )
-        return {
-            "name": "dit",
-            "preset": preset,
-            "causal": False,
-            "init_from": "",
-            **asdict(DIT_PRESETS[preset]),
-        }
-    if name in ("unet", "uvit"):
-        from mdfast.models import UNET_PRESETS, UVIT_PRESETS
-
-        table = UNET_PRESETS if name == "unet" else UVIT_PRESETS
-        preset = m.get("preset", next(iter(table)))
-        if preset not in table:
-            raise ConfigError(f"mdfast: unknown model.preset '{preset}'; valid: {sorted(table)}")
-        return {"name": name, "preset": preset, **asdict(table[preset])}
-    if name == "mnist_unet":
-        try:
-            return mnist.model_defaults(m)
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
-    raise ConfigError(
-        f"mdfast: unknown model.name '{name}'; valid: ['dit', 'mnist_unet', 'unet', 'uvit']"
-    )
+    defaults, _ = registry.model_entry(name)
+    try:
+        return {"name": name, **defaults(m)}
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def _objective_defaults(o: dict) -> dict:
-    from mdfast.experiments.build import OBJECTIVE_DEFAULTS
-
     name = o.get("name", "mdlm")
-    if name not in OBJECTIVE_DEFAULTS:
-        raise ConfigError(
-            f"mdfast: unknown objective.name '{name}'; valid: {sorted(OBJECTIVE_DEFAULTS)}"
-        )
-    return {"name": name, **OBJECTIVE_DEFAULTS[name]}
+    return {"name": name, **registry.objective_entry(name)[0]}
 
 
 def _data_defaults(d: dict) -> dict:
-    from mdfast.experiments.build import DATA
-
     name = d.get("name", "synthetic-text")
-    if name not in DATA:
-        raise ConfigError(f"mdfast: unknown data.name '{name}'; valid: {sorted(DATA)}")
-    return {"name": name, **DATA[name][0]}
+    return {"name": name, **registry.data_entry(name)[0]}
 
 
 def _train_defaults(_: dict) -> dict:
@@ -143,9 +115,10 @@ def resolve(raw: dict) -> dict:
 
 def get(name: str) -> dict:
     """The raw (unresolved) preset ``name``."""
-    if name not in PRESETS:
+    presets = registry.presets()
+    if name not in presets:
         raise ConfigError(f"mdfast: unknown preset '{name}'; valid presets: {preset_names()}")
-    return copy.deepcopy(PRESETS[name])
+    return copy.deepcopy(presets[name])
 
 
 # --- overrides ---------------------------------------------------------------------------------

@@ -1,169 +1,60 @@
-"""Builders from a resolved config (see :mod:`mdfast.experiments`) to model, objective, data."""
+"""Builders from a resolved config (see :mod:`mdfast.experiments`) to model, objective and data,
+through the registries of :mod:`mdfast.experiments.registry` (no builder knows any experiment).
+
+``register_objective`` / ``register_data`` (and ``register_model``) are re-exported here, where
+they were first documented, with the registries ``OBJECTIVES`` and ``DATA`` (filled on the
+first lookup) and ``OBJECTIVE_DEFAULTS`` (name → default fields).
+"""
 
 from __future__ import annotations
 
-from mdfast.experiments.data import load_tokens, synthetic_grid, synthetic_text
+from types import MappingProxyType
+
+from mdfast.experiments import registry
+from mdfast.experiments.registry import (
+    DATA,
+    OBJECTIVES,
+    register_data,
+    register_model,
+    register_objective,
+)
 
 __all__ = [
     "DATA",
     "OBJECTIVES",
-    "OBJECTIVE_DEFAULTS",
+    "OBJECTIVE_DEFAULTS",  # noqa: F822 (module __getattr__)
     "build_data",
     "build_model",
     "build_objective",
     "register_data",
+    "register_model",
     "register_objective",
 ]
 
-_DIFF = {"antithetic": True, "sampling_eps": 1e-3, "schedule": "loglinear"}
-
-
-def _mdlm(model, o):
-    from mdfast.diffusion import MDLM
-
-    return MDLM(model, **o)
-
-
-def _sedd(model, o):
-    from mdfast.diffusion import SEDD
-
-    return SEDD(model, **o)
-
-
-def _ar(model, o):
-    from mdfast.diffusion import AR
-
-    return AR(model)
-
-
-def _imdm(model, o):
-    from mdfast.diffusion import IMDM
-
-    return IMDM(model, **{**o, "noise_dim": o["noise_dim"] or None})
-
-
-def _interpolant(model, o):
-    from mdfast.diffusion import Interpolant
-
-    return Interpolant(model, **o)
-
-
-# name -> (default fields, factory(model, fields) -> objective). Other modules add theirs with
-# register_objective (e.g. the Prime objective), and every field becomes overridable.
-OBJECTIVES: dict[str, tuple[dict, object]] = {
-    "mdlm": ({"mask_index": -1, "T": 0, "fused": False, **_DIFF}, _mdlm),
-    "sedd": ({"mask_index": -1, **_DIFF}, _sedd),
-    "ar": ({}, _ar),
-    "imdm": (
-        {"mask_index": -1, "T": 0, "fused": False, "noise_dim": 0, "noise_scale": 1.0, **_DIFF},
-        _imdm,
-    ),
-    "interpolant": (
-        {"mask_index": -1, "kappa": "linear", "t_min": 1e-3, "p_uncond": 0.1, "num_classes": 0},
-        _interpolant,
-    ),
-}
-OBJECTIVE_DEFAULTS = {k: v[0] for k, v in OBJECTIVES.items()}  # a view kept in sync below
-
-
-def register_objective(name: str, defaults: dict, factory) -> None:
-    """Make ``objective.name=<name>`` available to presets and the CLI: ``factory(model,
-    fields)`` builds the objective from the resolved ``defaults`` (plus overrides)."""
-    OBJECTIVES[name] = (dict(defaults), factory)
-    OBJECTIVE_DEFAULTS[name] = dict(defaults)
-
 
 def build_model(m: dict):
-    m = dict(m)
-    name = m.pop("name")
-    m.pop("preset", None)
-    if name == "dit":
-        from mdfast.models.dit import DiT, DiTConfig, load_mdlm
-
-        causal = m.pop("causal")
-        init_from = m.pop("init_from")
-        if init_from:
-            model = load_mdlm(init_from, DiTConfig(**m))
-            model.causal = causal
-            for b in model.blocks:
-                b.causal = causal
-            return model
-        return DiT(DiTConfig(**m), causal=causal)
-    if name == "unet":
-        from mdfast.models.unet import UNet, UNetConfig
-
-        return UNet(UNetConfig(**m))
-    if name == "uvit":
-        from mdfast.models.uvit import UViT, UViTConfig
-
-        return UViT(UViTConfig(**m))
-    if name == "mnist_unet":
-        from mdfast.experiments.mnist import model_from_fields
-
-        return model_from_fields(m)
-    raise ValueError(f"mdfast: unknown model.name '{name}'")
+    """The model of a resolved ``model`` section (``name`` picks the registered factory)."""
+    _, factory = registry.model_entry(m["name"])
+    return factory({k: v for k, v in m.items() if k not in ("name", "preset")})
 
 
 def build_objective(o: dict, model):
+    """The objective of a resolved ``objective`` section around ``model``."""
     o = dict(o)
-    name = o.pop("name")
-    if name not in OBJECTIVES:
-        raise ValueError(f"mdfast: unknown objective.name '{name}'; valid: {sorted(OBJECTIVES)}")
+    _, factory = registry.objective_entry(o.pop("name"))
     if "mask_index" in o and o["mask_index"] < 0:
         raise ValueError("mdfast: set objective.mask_index (the mask token id)")
-    return OBJECTIVES[name][1](model, o)
-
-
-def _split_rows(data, n_train: int):
-    if isinstance(data, dict):
-        return {k: v[:n_train] for k, v in data.items()}, {k: v[n_train:] for k, v in data.items()}
-    return data[:n_train], data[n_train:]
-
-
-def _rows(data) -> int:
-    return len(data["input_ids"]) if isinstance(data, dict) else len(data)
-
-
-def _synthetic_grid(d):
-    kw = {k: d[k] for k in ("size", "vocab", "classes", "seed")}
-    return _split_rows(synthetic_grid(d["n"] + d["val_n"], **kw), d["n"])
-
-
-def _synthetic_text(d):
-    kw = {k: d[k] for k in ("length", "vocab", "seed")}
-    return _split_rows(synthetic_text(d["n"] + d["val_n"], **kw), d["n"])
-
-
-def _tokens(d):
-    train = load_tokens(d["path"])
-    if d["val_path"]:
-        return train, load_tokens(d["val_path"])
-    n_val = max(1, int(_rows(train) * d["val_fraction"]))
-    return _split_rows(train, _rows(train) - n_val)
-
-
-# name -> (default fields, loader(fields) -> (train, validation))
-DATA: dict[str, tuple[dict, object]] = {
-    "synthetic-text": (
-        {"n": 512, "length": 32, "vocab": 32, "seed": 0, "val_n": 64},
-        _synthetic_text,
-    ),
-    "synthetic-grid": (
-        {"n": 256, "size": 8, "vocab": 8, "classes": 4, "seed": 0, "val_n": 64},
-        _synthetic_grid,
-    ),
-    "tokens": ({"path": "", "val_path": "", "val_fraction": 0.01}, _tokens),
-}
-
-
-def register_data(name: str, defaults: dict, loader) -> None:
-    """Make ``data.name=<name>`` available: ``loader(fields) -> (train, validation)`` datasets
-    (tensors, dicts of tensors or map-style datasets)."""
-    DATA[name] = (dict(defaults), loader)
+    return factory(model, o)
 
 
 def build_data(d: dict):
-    """(train, validation) datasets: token tensors or dicts of tensors."""
-    if d["name"] not in DATA:
-        raise ValueError(f"mdfast: unknown data.name '{d['name']}'; valid: {sorted(DATA)}")
-    return DATA[d["name"]][1](d)
+    """(train, validation) datasets of a resolved ``data`` section."""
+    _, loader = registry.data_entry(d["name"])
+    return loader(d)
+
+
+def __getattr__(name: str):
+    if name == "OBJECTIVE_DEFAULTS":  # name -> default fields, of every registered objective
+        registry.load_experiments()
+        return MappingProxyType({k: v[0] for k, v in registry.OBJECTIVES.items()})
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

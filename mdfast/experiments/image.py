@@ -6,7 +6,9 @@ ADM UNet presets come with the Prime objective (``model.name=unet``, see ``UNET_
 from __future__ import annotations
 
 PRESETS: dict[str, dict] = {
-    # ImageNet-256 DiT-XL/2-IT recipe: AdamW 1e-4, wd 0, batch 256, bf16, EMA 0.9999, clip 1.0
+    # ImageNet-256 VQ-f8 tokens, U-ViT-H/2 without a time token ("uvit_h2_it"), as the seed
+    # README's train_acc_vq.py command: AdamW 1e-4, wd 0, batch 4 x 64, bf16, 1.5M steps;
+    # EMA 0.9999, clip 1.0
     "interpolant-imagenet-uvit": {
         "model": {"name": "uvit", "preset": "uvit_h2_it"},
         "objective": {"name": "interpolant", "mask_index": 16384, "kappa": "linear",

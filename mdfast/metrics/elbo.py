@@ -25,7 +25,7 @@ import math
 
 import torch
 
-from mdfast.diffusion.ambient import pixel_ce
+from mdfast.ops import masked_ce
 
 __all__ = ["nelbo_bits_per_token"]
 
@@ -42,7 +42,8 @@ def nelbo_bits_per_token(
 ) -> tuple[float, float]:
     """Estimate the NELBO of the clean tokens ``x0`` [N, ...] in bits per token.
 
-    ``model(x)`` maps tokens of ``x0``'s shape to logits [..., V] (mask class excluded).
+    ``model(x)`` maps tokens of ``x0``'s shape to logits [..., V]; the class ``mask_index``, if
+    the model has one, is left out of the softmax (SUBS).
     Returns (mean, standard error) over the N·repeats per-image estimates.
     """
     if x0.shape[0] == 0:
@@ -62,7 +63,13 @@ def nelbo_bits_per_token(
             ranks = torch.rand(b, n, generator=generator, device="cpu").argsort(1).argsort(1)
             masked = (ranks.to(device) < k[:, None]).view_as(x)
             logits = model(x.masked_fill(masked, mask_index))
-            ce = pixel_ce(logits, x, masked).flatten(1).sum(1)
+            ce = masked_ce(
+                logits.reshape(-1, logits.shape[-1]),
+                x.reshape(-1),
+                masked.reshape(-1).float(),
+                exclude_index=mask_index if mask_index < logits.shape[-1] else -1,
+            )
+            ce = ce.view(b, -1).sum(1)
             estimates.append((ce / k).double().cpu() / math.log(2))
     est = torch.cat(estimates)
     stderr = est.std().item() / math.sqrt(est.numel()) if est.numel() > 1 else float("nan")

@@ -1,8 +1,14 @@
 """Backbones: MDLM's DiT (checkpoint compatible), a causal transformer for the AR baseline, the ADM
-UNet of the MDM-Prime image experiments and a class-conditional U-ViT."""
+UNet of the MDM-Prime image experiments and a class-conditional U-ViT; the sinusoidal time
+embedding they share (:mod:`~mdfast.models.embeddings`).
+
+Generic: nothing here imports an experiment. An experiment's own network lives in its package
+(the binarized-MNIST UNet: :class:`mdfast.experiments.mnist.model.MNISTUNet`; the name
+``mdfast.models.MNISTUNet`` is a deprecated alias, resolved only when asked for)."""
+
+import importlib
 
 from mdfast.models.dit import DIT_PRESETS, DiT, DiTConfig, load_mdlm, load_state_dict_checked
-from mdfast.models.mnist_unet import MNISTUNet as MNISTUNet
 from mdfast.models.unet import UNET_PRESETS, UNet, UNetConfig
 from mdfast.models.uvit import UVIT_PRESETS, UViT, UViTConfig
 
@@ -29,3 +35,9 @@ __all__ = [
     "load_mdlm",
     "load_state_dict_checked",
 ]
+
+
+def __getattr__(name: str):
+    if name == "MNISTUNet":
+        return importlib.import_module("mdfast.models.mnist_unet").MNISTUNet
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

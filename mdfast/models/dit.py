@@ -29,6 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mdfast.models.config import configure
+from mdfast.models.embeddings import sinusoidal_embedding
+
 try:  # optional fast path
     from flash_attn import flash_attn_qkvpacked_func as _flash_qkvpacked
 except Exception:
@@ -136,20 +139,8 @@ class TimestepEmbedder(nn.Module):
         )
         self.frequency_embedding_size = frequency_embedding_size
 
-    @staticmethod
-    def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0):
-        half = dim // 2
-        freqs = torch.exp(
-            -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half
-        )
-        args = t[:, None].to(torch.promote_types(t.dtype, torch.float32)) * freqs[None]
-        emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
-        if dim % 2:
-            emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
-        return emb
-
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        emb = self.timestep_embedding(t, self.frequency_embedding_size)
+        emb = sinusoidal_embedding(t, self.frequency_embedding_size)
         return self.mlp(emb.to(self.mlp[0].weight.dtype))
 
 
@@ -253,15 +244,7 @@ class DiT(nn.Module):
 
     def __init__(self, config: DiTConfig | str | None = None, causal: bool = False, **overrides):
         super().__init__()
-        if config is None:
-            config = DiTConfig()
-        elif isinstance(config, str):
-            if config not in DIT_PRESETS:
-                raise ValueError(
-                    f"mdfast: unknown DiT preset '{config}'; valid: {sorted(DIT_PRESETS)}"
-                )
-            config = DIT_PRESETS[config]
-        config = DiTConfig(**{**asdict(config), **overrides})
+        config = configure(DiTConfig, config, DIT_PRESETS, overrides, "DiT")
         if config.hidden_dim % config.n_heads:
             raise ValueError("mdfast: 'hidden_dim' must be divisible by 'n_heads'")
         self.config = config

@@ -27,6 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mdfast.models.config import configure
+from mdfast.models.embeddings import sinusoidal_embedding
+
 __all__ = ["UNET_PRESETS", "UNet", "UNetConfig"]
 
 
@@ -139,13 +142,6 @@ class Upsample(nn.Module):
         return F.interpolate(x, scale_factor=2, mode="nearest")
 
 
-def timestep_embedding(t, dim, max_period=10000):
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device) / half)
-    args = t[:, None].float() * freqs[None]
-    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
-
-
 class UNet(nn.Module):
     """``forward(x, sigma=None) -> logits [B, tokens_per_pixel, H, W, num_classes]``.
 
@@ -153,11 +149,9 @@ class UNet(nn.Module):
     ``sigma`` (time) is used only when ``config.time_input``; otherwise the embedding of t = 0.
     """
 
-    def __init__(self, config: UNetConfig | None = None, **overrides):
+    def __init__(self, config: UNetConfig | str | None = None, **overrides):
         super().__init__()
-        cfg = config or UNetConfig()
-        for k, v in overrides.items():
-            setattr(cfg, k, v)
+        cfg = configure(UNetConfig, config, UNET_PRESETS, overrides, "UNet")
         if cfg.token_dim % cfg.digits:
             raise ValueError("mdfast: 'token_dim' must be divisible by 'digits'")
         self.config = cfg
@@ -222,7 +216,8 @@ class UNet(nn.Module):
         if cfg.time_input:
             t = sigma if sigma is not None else torch.zeros(b, device=x.device)
             t = t.reshape(-1).expand(b) if t.numel() == 1 else t.reshape(-1)
-            emb = self.time_embed(timestep_embedding(t, cfg.model_channels))
+            emb = sinusoidal_embedding(t, cfg.model_channels)
+            emb = self.time_embed(emb.to(self.time_embed[0].weight.dtype))
         h = self.embed(x)
         hs = []
         for blk in self.input_blocks:

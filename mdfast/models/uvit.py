@@ -13,12 +13,14 @@ to ``vocab_size`` logits per grid cell.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from mdfast.models.config import configure
+from mdfast.models.embeddings import sinusoidal_embedding
 
 __all__ = ["UVIT_PRESETS", "UViT", "UViTConfig"]
 
@@ -69,19 +71,10 @@ class _Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
-def _time_embedding(t, dim, max_period=10000):
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device) / half)
-    args = t[:, None].float() * freqs[None]
-    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
-
-
 class UViT(nn.Module):
-    def __init__(self, config: UViTConfig | None = None, **overrides):
+    def __init__(self, config: UViTConfig | str | None = None, **overrides):
         super().__init__()
-        cfg = config or UViTConfig()
-        for k, v in overrides.items():
-            setattr(cfg, k, v)
+        cfg = configure(UViTConfig, config, UVIT_PRESETS, overrides, "U-ViT")
         if cfg.image_size % cfg.patch_size:
             raise ValueError("mdfast: 'image_size' must be divisible by 'patch_size'")
         self.config = cfg
@@ -124,7 +117,8 @@ class UViT(nn.Module):
         extra = []
         if cfg.time_cond:
             t = torch.zeros(b, device=x.device) if t is None else t.reshape(-1).expand(b)
-            extra.append(self.time_embed(_time_embedding(t, cfg.dim))[:, None])
+            emb = sinusoidal_embedding(t, cfg.dim).to(self.time_embed[0].weight.dtype)
+            extra.append(self.time_embed(emb)[:, None])
         if cfg.num_classes > 0:
             if y is None:
                 y = torch.full((b,), self.null_class, device=x.device, dtype=torch.long)

@@ -1,11 +1,10 @@
-"""The peers mdfast is benchmarked against, other than the math references of
-:mod:`mdfast.reference` and the seed code's own functions (``reference.seed_*``): the plain-torch
-samplers researchers write, Liger-Kernel's losses when it imports, and torch's chunked
+"""Optional third-party peers of the benchmarks (the PyTorch and seed-code baselines live in
+:mod:`mdfast.baselines`): Liger-Kernel's losses when it imports, and torch's chunked
 ``F.linear_cross_entropy`` where this torch has it.
 
-The optional ones come as ``(callable, "")`` or ``(None, why)`` so that a benchmark records why a
-provider is missing instead of failing. Loss providers share mdfast's signatures and return
-something whose ``.sum()`` is the summed loss:
+Each comes as ``(callable, "")`` or ``(None, why)`` so that a benchmark records why a provider is
+missing instead of failing. Loss providers share mdfast's signatures and return something whose
+``.sum()`` is the summed loss:
 
 * cross-entropy: ``fn(logits [N, V], target [N], weight [N], exclude_index)``;
 * linear cross-entropy: ``fn(hidden [N, D], weight [V, D], bias [V], target, row_weight,
@@ -21,38 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from mdfast import reference
-
 IGNORE = -100
-
-
-def _masked(logits: torch.Tensor, exclude_index: int) -> torch.Tensor:
-    z = logits.float()
-    if exclude_index >= 0:
-        z = z.index_fill(1, torch.tensor([exclude_index], device=z.device), float("-inf"))
-    return z
-
-
-def torch_gumbel_argmax(logits: torch.Tensor, exclude_index: int = -1) -> torch.Tensor:
-    """The usual one-line sampler: ``argmax(z - log(-log u))`` in float32 with ``u ~ torch.rand``
-    (float32 uniforms cap the Gumbel noise near 16: tokens far below the top are under-drawn)."""
-    z = _masked(logits, exclude_index)
-    return (z - torch.log(-torch.log(torch.rand_like(z)))).argmax(dim=-1)
-
-
-def torch_multinomial(logits: torch.Tensor, exclude_index: int = -1) -> torch.Tensor:
-    """``torch.multinomial(softmax(z), 1)`` in float32."""
-    p = torch.softmax(_masked(logits, exclude_index), dim=-1)
-    return torch.multinomial(p, 1).squeeze(1)
-
-
-def torch_top_p_multinomial(
-    logits: torch.Tensor, top_p: float, exclude_index: int = -1
-) -> torch.Tensor:
-    """Sort-based nucleus sampling as ReMDM writes it (``reference.seed_nucleus``: sort, keep the
-    cumulative mass <= p and the top-1, renormalise), then ``torch.multinomial``."""
-    p = torch.softmax(_masked(logits, exclude_index), dim=-1)
-    return torch.multinomial(reference.seed_nucleus(p, top_p), 1).squeeze(1)
 
 
 def _ignored(target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
