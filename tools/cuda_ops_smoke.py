@@ -1,14 +1,15 @@
 """Call every mdfast op on one device at small, awkward shapes: the script compute-sanitizer runs
 (memcheck, racecheck) in ``make gpu-check``, and a quick end-to-end check of the kernels.
 
-Shapes are chosen to hit edge paths: odd vocabularies (33, 1001, 4097), rows of zero weight, the
-excluded class, every logits dtype, the chunked linear CE (many small chunks), top-k / top-p
-(both nucleus rules), temperature 0, a row subset, remasking with and without confidence, a
-mask step without logits, Prime joint / elbo losses and exact / marginal sampling with fixed
-digits. Each result is checked: losses and gradients against the float64 reference, draws
-against the reference's tokens (same Philox streams) and, on CUDA, against the CPU kernels'
-tokens (same seed, same tokens). A dispatch mode records which ``torch.ops.mdfast`` ops ran; any
-registered op not exercised is an error, so a new op must be added here.
+Shapes are chosen to hit edge paths: odd row lengths of the row-keyed uniforms, odd
+vocabularies (33, 1001, 4097), rows of zero weight, the excluded class, every logits dtype, the
+chunked linear CE (many small chunks), top-k / top-p (both nucleus rules), temperature 0, a row
+subset, remasking with and without confidence, a mask step without logits, Prime joint / elbo
+losses and exact / marginal sampling with fixed digits. Each result is checked: losses and
+gradients against the float64 reference, draws against the reference's tokens (same Philox
+streams) and, on CUDA, against the CPU kernels' tokens (same seed, same tokens). A dispatch mode
+records which ``torch.ops.mdfast`` ops ran; any registered op not exercised is an error, so a new
+op must be added here.
 
     python tools/cuda_ops_smoke.py [--device cuda|cpu]
 
@@ -89,6 +90,17 @@ def rng_ops(dev, chk):
     for shape, dtype in (((7,), torch.float64), ((3, 5), torch.float32), ((1,), torch.float32)):
         got = ops.uniform(shape, 12345, 7, dtype=dtype, device=dev)
         chk.equal(f"uniform {shape} {dtype}", got, reference.uniform(shape, 12345, 7, dtype=dtype))
+    # row streams: odd lengths (a partly used last block), offsets with the top bit set
+    offsets = torch.tensor([0, 5, 2**40 + 3, -7, 5], dtype=torch.int64)
+    for n, dtype in (
+        (7, torch.float64),
+        (9, torch.float32),
+        (1, torch.float32),
+        (0, torch.float64),
+    ):
+        got = ops.uniform_rows(offsets.to(dev), n, 2**62 + 11, dtype)
+        want = reference.uniform_rows(offsets, n, 2**62 + 11, dtype)
+        chk.equal(f"uniform_rows n={n} {dtype}", got, want)
 
 
 def masked_ce_ops(dev, chk):

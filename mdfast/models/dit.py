@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mdfast.models.config import configure
+from mdfast.models.dropout import KeyedDropout, name_dropout_streams
 from mdfast.models.embeddings import sinusoidal_embedding
 
 try:  # optional fast path
@@ -41,6 +42,7 @@ __all__ = [
     "DIT_PRESETS",
     "DiT",
     "DiTConfig",
+    "apply_weights",
     "flash_attn_available",
     "load_mdlm",
     "load_state_dict_checked",
@@ -151,7 +153,10 @@ class EmbeddingLayer(nn.Module):
         nn.init.kaiming_uniform_(self.embedding, a=math.sqrt(5))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.embedding[x]
+        # F.embedding, not self.embedding[x]: the backward of advanced indexing on CPU is a
+        # parallel index_put_ with atomic float adds, so repeated tokens accumulate in thread
+        # order and two runs differ; embedding's backward sums each row in a fixed order.
+        return F.embedding(x, self.embedding)
 
 
 def _attention(qkv: torch.Tensor, backend: str, causal: bool) -> torch.Tensor:
@@ -181,14 +186,14 @@ class DDiTBlock(nn.Module):
         self.norm1 = LayerNorm(dim)
         self.attn_qkv = nn.Linear(dim, 3 * dim, bias=False)
         self.attn_out = nn.Linear(dim, dim, bias=False)
-        self.dropout1 = nn.Dropout(dropout)
+        self.dropout1 = KeyedDropout(dropout)
         self.norm2 = LayerNorm(dim)
         self.mlp = nn.Sequential(
             nn.Linear(dim, mlp_ratio * dim, bias=True),
             nn.GELU(approximate="tanh"),
             nn.Linear(mlp_ratio * dim, dim, bias=True),
         )
-        self.dropout2 = nn.Dropout(dropout)
+        self.dropout2 = KeyedDropout(dropout)
         self.dropout = dropout
         self.adaLN_modulation = nn.Linear(cond_dim, 6 * dim, bias=True)
         nn.init.zeros_(self.adaLN_modulation.weight)
@@ -258,6 +263,7 @@ class DiT(nn.Module):
             for _ in range(config.n_blocks)
         )
         self.output_layer = DDitFinalLayer(d, config.vocab_size, config.cond_dim)
+        name_dropout_streams(self)
 
     # -- pieces --------------------------------------------------------------------------------
     def embed(self, x: torch.Tensor) -> torch.Tensor:
@@ -399,7 +405,9 @@ def load_mdlm(
 
         raw = load_file(path, device=str(map_location))
     else:
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+        from mdfast.models.published import torch_load_tolerant
+
+        ckpt = torch_load_tolerant(path, map_location)
         raw = ckpt.get("state_dict", ckpt)
         hp = ckpt.get("hyper_parameters", {})
         model_hp = hp.get("config", {}).get("model", {}) if isinstance(hp, dict) else {}
@@ -424,21 +432,28 @@ def load_mdlm(
             cfg_dict["vocab_size"] = sd["vocab_embed.embedding"].shape[0]
         cfg = DiTConfig.from_dict(cfg_dict)
     model = DiT(cfg, **overrides)
-    sd.setdefault("rotary_emb.inv_freq", model.rotary_emb.inv_freq)
-    load_state_dict_checked(model, sd, what=f"MDLM checkpoint {path}")
-    if ema_shadow is not None:
-        params = list(model.parameters())
-        if len(ema_shadow) < len(params):
-            raise ValueError(
-                f"mdfast: EMA in {path} has {len(ema_shadow)} shadow params, model has "
-                f"{len(params)}"
-            )
-        with torch.no_grad():
-            for (name, p), s in zip(model.named_parameters(), ema_shadow, strict=False):
-                if tuple(s.shape) != tuple(p.shape):
-                    raise ValueError(
-                        f"mdfast: EMA shape mismatch at parameter '{name}': checkpoint has "
-                        f"{list(s.shape)}, model has {list(p.shape)}"
-                    )
-                p.copy_(s)
+    apply_weights(model, sd, ema_shadow, what=f"MDLM checkpoint {path}")
     return model
+
+
+def apply_weights(model: nn.Module, sd: dict, ema_shadow=None, *, what: str = "checkpoint"):
+    """Load ``sd`` strictly (a missing rotary ``inv_freq`` buffer is filled in), then copy the
+    EMA shadow parameters (a list in ``model.parameters()`` order) over them when given."""
+    if hasattr(model, "rotary_emb"):
+        sd.setdefault("rotary_emb.inv_freq", model.rotary_emb.inv_freq)
+    load_state_dict_checked(model, sd, what=what)
+    if ema_shadow is None:
+        return
+    params = list(model.parameters())
+    if len(ema_shadow) < len(params):
+        raise ValueError(
+            f"mdfast: EMA in {what} has {len(ema_shadow)} shadow params, model has {len(params)}"
+        )
+    with torch.no_grad():
+        for (name, p), s in zip(model.named_parameters(), ema_shadow, strict=False):
+            if tuple(s.shape) != tuple(p.shape):
+                raise ValueError(
+                    f"mdfast: EMA shape mismatch at parameter '{name}': checkpoint has "
+                    f"{list(s.shape)}, model has {list(p.shape)}"
+                )
+            p.copy_(s)
