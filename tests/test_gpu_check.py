@@ -63,6 +63,67 @@ def test_cuda_cases_are_told_by_their_parameters():
     assert not gpu_check.is_cuda_case("tests.t::test_x[cudagraph]")
 
 
+def test_junit_lists_gpu_skips_and_the_key_files(tmp_path):
+    path = tmp_path / "junit.xml"
+    path.write_text(
+        '<testsuites><testsuite name="pytest">'
+        '<testcase classname="tests.test_no_host_sync" name="test_a"/>'
+        '<testcase classname="tests.test_no_host_sync" name="test_b">'
+        '<skipped message="needs a GPU"/></testcase>'
+        '<testcase classname="tests.test_no_host_sync" name="test_c"><error message="x"/>'
+        "</testcase>"
+        '<testcase classname="tests.test_other" name="test_d">'
+        '<skipped message="scipy missing"/></testcase>'
+        "</testsuite></testsuites>"
+    )
+    c = gpu_check.parse_junit(path)
+    assert c["key_files"] == {"test_no_host_sync": [1, 1, 1]}
+    assert c["gpu_skipped"] == ["tests.test_no_host_sync::test_b: needs a GPU"]
+
+
+def test_build_uses_the_system_compilers_unless_told_otherwise(tmp_path, monkeypatch):
+    (tmp_path / "gcc").touch()
+    monkeypatch.setattr(
+        gpu_check, "SYSTEM_COMPILERS", {"CC": str(tmp_path / "gcc"), "CXX": str(tmp_path / "g++")}
+    )
+    assert gpu_check.build_compilers({}) == {"CC": str(tmp_path / "gcc")}  # no g++ there
+    assert gpu_check.build_compilers({"CXX": "clang++", "CC": ""}) == {
+        "CC": str(tmp_path / "gcc"),
+        "CXX": "clang++",
+    }
+
+
+def _pytest_with_time_limit(tmp_path, test_code, *options):
+    (tmp_path / "test_slow.py").write_text(test_code)
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "tools")}
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "pytest_time_limit",
+         *options, str(tmp_path / "test_slow.py")],
+        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120,
+    )  # fmt: skip
+
+
+def test_time_limit_stand_in_fails_the_slow_test_only(tmp_path):
+    code = "import time\n\ndef test_fast():\n    pass\n\ndef test_slow():\n    time.sleep(60)\n"
+    r = _pytest_with_time_limit(tmp_path, code, "--timeout", "1")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "test_slow.py::test_slow exceeded the per-test time limit of 1 s" in r.stdout
+    assert "1 failed, 1 passed" in r.stdout
+
+
+def test_time_limit_stand_in_ends_a_test_that_ignores_the_alarm(tmp_path):
+    code = (
+        "import signal, time\n\ndef test_stuck():\n"
+        "    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})\n    time.sleep(60)\n"
+    )
+    stacks = tmp_path / "stacks.log"
+    r = _pytest_with_time_limit(
+        tmp_path, code, "--timeout", "1", "--timeout-hard", "2", f"--timeout-stacks={stacks}"
+    )
+    assert r.returncode != 0
+    assert "in test_stuck" in stacks.read_text()
+
+
 def test_parse_pytest_log_serial_and_xdist(tmp_path):
     log = tmp_path / "pytest.log"
     log.write_text(
@@ -126,10 +187,13 @@ def _canned_run(out: Path) -> None:
               "theoretical_bandwidth_gbps": 4917.2, "l2_cache_mb": 60.0, "total_memory_gib": 139.8,
               "source": "cuda.bindings", "kernel_image": image}  # fmt: skip
     info = {"version": "0.1.0", "torch": "2.11.0+cu130", "torch_cuda": "13.0",
-            "backends": ["CPU", "CUDA"], "cuda_archs": ["sm_90"], "device": device}  # fmt: skip
+            "backends": ["CPU", "CUDA"], "cuda_archs": ["sm_90"], "device": device,
+            "compiled": {"compiler": "11.4.0"}}  # fmt: skip
     (work / "build_info.json").write_text(json.dumps(info))
     state = {
-        "build": {"status": "ok", "seconds": 95.0, "detail": "MAX_JOBS=16"},
+        "build": {"status": "ok", "seconds": 95.0, "detail": "MAX_JOBS=16",
+                  "toolchain": "C++ compiler /usr/bin/g++ (11.4.0, libstdc++ /usr/lib/x)",
+                  "exception_check": "FAILED: died of SIGSEGV"},
         "tests": {"status": "failed", "seconds": 120.0, "detail": "2 passed, 1 failed",
                   "counts": gpu_check.parse_junit(work / "junit.xml")},
         "memcheck": {"status": "failed", "seconds": 60.0, "detail": "2 errors; smoke OK"},
@@ -163,7 +227,14 @@ def test_summary_of_a_canned_run_and_its_import(tmp_path):
     assert "NVIDIA H200, compute capability 9.0, 132 SMs" in summary
     assert "4917.2 GB/s theoretical" in summary and "this GPU runs sm_90" in summary
     assert "failing tests (2): tests.test_a::test_y[cuda], tests.test_b::test_z" in summary
-    assert "memcheck         failed" in summary
+    assert "memcheck           failed" in summary
+    assert (
+        "compiler: C++ compiler /usr/bin/g++ (11.4.0, libstdc++ /usr/lib/x); the extension "
+        "records compiler 11.4.0; post-build exception check: FAILED: died of SIGSEGV"
+    ) in summary
+    assert (
+        "skipped for want of a GPU or CUDA kernels (1):\n  tests.test_b::test_s: no gpu" in summary
+    )
     assert "copy 4110.0 GB/s measured (theoretical 4917.2 GB/s, ratio 0.836)" in summary
     assert "mdfast 1.000 ms vs liger_ce 3.000 ms = 3.00x" in summary
     assert "not run: liger_flce: not importable" in summary
@@ -206,6 +277,17 @@ def test_smoke_script_calls_every_op_on_cpu():
     last = r.stdout.strip().splitlines()[-1]
     assert last.endswith(": OK") and " 0 failed" in last
     assert "ops never called" not in r.stdout
+
+
+def test_every_gpu_benchmark_is_run():
+    """A benchmark module (one with main()) added to bench/ is either run by gpu-check or named
+    as one that measures the host."""
+    with_main = {
+        p.stem for p in (ROOT / "bench").glob("*.py") if "\ndef main(" in p.read_text()
+    } - {"__main__"}
+    run = {args[1].removeprefix("bench.") for args, _ in gpu_check.BENCHES.values()}
+    assert with_main == run | set(gpu_check.HOST_BENCHES)
+    assert not run & set(gpu_check.HOST_BENCHES)
 
 
 def test_phases_that_do_not_fit_the_budget_are_skipped(tmp_path):

@@ -4,12 +4,15 @@ Phases (each with its own time limit, all inside one wall-clock budget):
 
   wheels     install ``wheels/*.whl`` (Liger-Kernel, pytest-timeout, ...) with
              ``pip --no-index --no-deps --target`` into a private folder on PYTHONPATH
-  build      ``setup.py build_ext --inplace`` with MAX_JOBS = all cores and TORCH_CUDA_ARCH_LIST
-             = the GPU's compute capability (CUDA kernels required)
+  build      ``setup.py build_ext --inplace`` with MAX_JOBS = all cores, TORCH_CUDA_ARCH_LIST
+             = the GPU's compute capability (CUDA kernels required) and the system compiler
+             (CC=/usr/bin/gcc, CXX=/usr/bin/g++ unless CC / CXX are set): a g++ first on PATH
+             may bring a C++ runtime under which torch's C++ errors kill the process
   info       ``mdfast.build_info()`` (backends, compiled archs, device attributes, theoretical
              bandwidth, the kernel image the GPU runs) and ``nvidia-smi``
   tests      the whole pytest suite with the GPU visible: pytest-xdist ``-n`` when installed,
-             pytest-timeout's per-test ``--timeout`` when installed, ``--junitxml``, full log
+             a per-test ``--timeout`` (pytest-timeout's, else tools/pytest_time_limit.py's),
+             ``--junitxml``, the full ``-v`` log
   sanitizer  compute-sanitizer memcheck and racecheck over ``tools/cuda_ops_smoke.py`` (every op
              at small awkward shapes), concurrently with the tests
   bench      every benchmark on CUDA at its target shapes, the long end-to-end generation last
@@ -61,6 +64,8 @@ BENCHES = {
     "integrations": (["-m", "bench.integrations"], "integrations.csv"),
     "e2e": (["-m", "bench.sampling", "--only", "e2e"], "sampling.csv"),
 }
+# benchmarks that measure the host, not the GPU: not run by gpu-check
+HOST_BENCHES = {"text_memory": "peak resident memory of CPU training on a multi-GB token file"}
 # seconds a benchmark needs on an H200 before it is started at all (the rest: whatever is left).
 # The end-to-end generation at B=64, T=1000 makes ~1000 denoiser calls per sampler, and the
 # seed-style sampler ~45 passes over a 13 GB posterior per step: about 4 minutes for the three.
@@ -75,6 +80,13 @@ CAPS = {
     "bench": (300, 900),
 }
 RESERVE_S = 15  # kept for the summary and the tarball
+# the compilers of the distribution, whose C++ runtime is the one the interpreter and torch load
+SYSTEM_COMPILERS = {"CC": "/usr/bin/gcc", "CXX": "/usr/bin/g++"}
+# test files whose results the summary lists on their own
+KEY_TEST_FILES = {
+    "test_no_host_sync": "no host sync",
+    "test_op_contract": "op contracts (bad input in a subprocess)",
+}
 TARBALL = "gpu-check.tar.gz"
 SUMMARY = "summary.txt"
 
@@ -187,21 +199,25 @@ class Check:
         self.state_path.write_text(json.dumps(self.state, indent=1))
         status, seconds = result.get("status", ""), result.get("seconds", 0)
         detail = result.get("detail", "")
-        print(f"[gpu-check] {phase:10s} {status:8s} {seconds:7.1f} s  {detail}", flush=True)
+        print(f"[gpu-check] {phase:18s} {status:8s} {seconds:7.1f} s  {detail}", flush=True)
 
     def python(self, *args) -> list[str]:
         return [sys.executable, *args]
 
     def probe(self, code: str) -> str:
-        """stdout of a short Python snippet in the check's environment ('' on failure)."""
-        r = subprocess.run(
-            self.python("-c", code),
-            capture_output=True,
-            text=True,
-            env=self.env,
-            cwd=ROOT,
-            timeout=120,
-        )
+        """stdout of a short Python snippet in the check's environment ('' on failure or after
+        two minutes)."""
+        try:
+            r = subprocess.run(
+                self.python("-c", code),
+                capture_output=True,
+                text=True,
+                env=self.env,
+                cwd=ROOT,
+                timeout=120,
+            )
+        except subprocess.TimeoutExpired:
+            return ""
         return r.stdout.strip() if r.returncode == 0 else ""
 
     def has_module(self, name: str) -> bool:
@@ -236,6 +252,8 @@ class Check:
     def build(self):
         env = dict(self.env)
         env["MAX_JOBS"] = env.get("MAX_JOBS") or str(os.cpu_count() or 1)
+        compilers = build_compilers(env)
+        env.update(compilers)
         if self.dry:
             env["MDFAST_BUILD_CUDA"] = "0"
         else:
@@ -254,8 +272,11 @@ class Check:
             if self.dry
             else f"TORCH_CUDA_ARCH_LIST={env['TORCH_CUDA_ARCH_LIST']}"
         )
+        chosen = " ".join(f"{k}={v}" for k, v in sorted(compilers.items())) or "compilers from PATH"
+        r.update(parse_build_log((self.work / "build.log").read_text(errors="replace")))
         r.update(
-            status="ok" if r["rc"] == 0 else "failed", detail=f"MAX_JOBS={env['MAX_JOBS']} {what}"
+            status="ok" if r["rc"] == 0 else "failed",
+            detail=f"MAX_JOBS={env['MAX_JOBS']} {chosen} {what}",
         )
         self.record("build", r)
 
@@ -272,8 +293,12 @@ class Check:
         if info is not None:
             (self.work / "build_info.json").write_text(json.dumps(info, indent=1))
         if shutil.which("nvidia-smi"):
-            smi = subprocess.run(["nvidia-smi"], capture_output=True, text=True, timeout=60)
-            (self.work / "nvidia-smi.txt").write_text(smi.stdout + smi.stderr)
+            try:
+                smi = subprocess.run(["nvidia-smi"], capture_output=True, text=True, timeout=60)
+                smi_text = smi.stdout + smi.stderr
+            except subprocess.TimeoutExpired:
+                smi_text = "nvidia-smi did not answer within 60 s\n"
+            (self.work / "nvidia-smi.txt").write_text(smi_text)
         ok = info is not None and (self.dry or "CUDA" in info.get("backends", []))
         detail = "" if info is None else f"backends {info.get('backends')}"
         if info is not None and not self.dry and "CUDA" not in info.get("backends", []):
@@ -281,7 +306,9 @@ class Check:
         r.update(status="ok" if ok else "failed", detail=detail)
         self.record("info", r)
 
-    def tests_command(self) -> list[str]:
+    def tests_command(self) -> tuple[list[str], dict]:
+        """The pytest command line and its environment."""
+        env = dict(self.env)
         extra = shlex.split(self.args.pytest_args or "")
         named = any((ROOT / a.split("::")[0]).exists() for a in extra if not a.startswith("-"))
         paths = [] if named else ["tests"]  # test paths among them replace the whole suite
@@ -293,9 +320,13 @@ class Check:
             workers = int(os.environ.get("PYTEST_WORKERS") or min(os.cpu_count() or 1, 8))
             if workers > 1:
                 cmd += ["-n", str(workers)]
-        if self.has_module("pytest_timeout"):
-            cmd += ["--timeout", os.environ.get("PYTEST_TIMEOUT", "300")]
-        return cmd + extra
+        limit = os.environ.get("PYTEST_TIMEOUT", "300")
+        if not self.has_module("pytest_timeout"):  # the stand-in, with the same --timeout
+            tools = str(ROOT / "tools")
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (tools, env.get("PYTHONPATH")) if p)
+            cmd += ["-p", "pytest_time_limit", f"--timeout-stacks={self.work / 'hung-tests.log'}"]
+        cmd += ["--timeout", limit]
+        return cmd + extra, env
 
     def smoke_jobs(self) -> list[tuple[str, list[str], dict]]:
         smoke = self.python(str(ROOT / "tools" / "cuda_ops_smoke.py"))
@@ -321,8 +352,9 @@ class Check:
     def tests_and_sanitizer(self, phases):
         jobs = []
         if "tests" in phases and not self.out_of_time("tests"):
-            jobs.append(("tests", Job("tests", self.tests_command(), self.work / "pytest.log",
-                                      self.env, self.timeout("tests"))))  # fmt: skip
+            cmd, env = self.tests_command()
+            jobs.append(("tests", Job("tests", cmd, self.work / "pytest.log", env,
+                                      self.timeout("tests"))))  # fmt: skip
         if "sanitizer" in phases and not self.out_of_time("sanitizer"):
             for name, cmd, env in self.smoke_jobs():
                 if self.args.serial:  # one after the other instead of beside the tests
@@ -414,6 +446,37 @@ def commit() -> str:
         return "unknown"
 
 
+def build_compilers(environ) -> dict[str, str]:
+    """CC and CXX for the build: the caller's when set, else the system's gcc / g++ when they
+    exist (torch hands CC to nvcc as its host compiler too)."""
+    chosen = {}
+    for var, path in SYSTEM_COMPILERS.items():
+        if environ.get(var):
+            chosen[var] = environ[var]
+        elif Path(path).exists():
+            chosen[var] = path
+    return chosen
+
+
+def parse_build_log(text: str) -> dict:
+    """What setup.py said about the toolchain (the compiler, its libstdc++, torch's compiler) and
+    how its post-build check (a failed argument check must raise, not crash) ended."""
+    out: dict = {"toolchain": None, "exception_check": "not run"}
+    for line in text.splitlines():
+        if line.startswith("mdfast: C++ compiler "):
+            out["toolchain"] = line.removeprefix("mdfast: ")
+        elif line.startswith("mdfast: post-build check:"):
+            out["exception_check"] = "ok (a failed argument check raises ValueError)"
+        elif "post-build exception check did not finish" in line:
+            out["exception_check"] = "stopped: the check process did not finish"
+        elif "could not run the post-build exception check" in line:
+            out["exception_check"] = "could not run"
+        elif "the built extension" in line and "instead of raising" in line:
+            m = re.search(r"(died of \w+|returned without the error)", line)
+            out["exception_check"] = "FAILED: " + (m.group(1) if m else "no ValueError")
+    return out
+
+
 def find_sanitizer() -> str | None:
     found = shutil.which("compute-sanitizer")
     if found:
@@ -446,20 +509,31 @@ def parse_junit(path: Path) -> dict | None:
     except ET.ParseError:
         return None
     counts = {"passed": 0, "failed": 0, "errors": 0, "skipped": 0, "cuda_passed": 0, "failures": []}
+    counts["gpu_skipped"] = []  # skipped for want of a GPU / CUDA kernels: "id: reason"
+    counts["key_files"] = {}  # KEY_TEST_FILES: [passed, failed, skipped]
     for case in root.iter("testcase"):
-        name = f"{case.get('classname', '')}::{case.get('name', '')}"
-        kinds = {child.tag for child in case}
+        classname = case.get("classname", "")
+        name = f"{classname}::{case.get('name', '')}"
+        kinds = {child.tag: child for child in case}
         if "failure" in kinds:
-            counts["failed"] += 1
+            outcome = "failed"
             counts["failures"].append(name)
         elif "error" in kinds:
-            counts["errors"] += 1
+            outcome = "errors"
             counts["failures"].append(name)
         elif "skipped" in kinds:
-            counts["skipped"] += 1
+            outcome = "skipped"
+            reason = kinds["skipped"].get("message", "")
+            if re.search(r"gpu|cuda", reason, re.IGNORECASE):
+                counts["gpu_skipped"].append(f"{name}: {reason}")
         else:
-            counts["passed"] += 1
+            outcome = "passed"
             counts["cuda_passed"] += is_cuda_case(name)
+        counts[outcome] += 1
+        key = classname.rsplit(".", 1)[-1]
+        if key in KEY_TEST_FILES:
+            tally = counts["key_files"].setdefault(key, [0, 0, 0])  # errors count as failed
+            tally[{"passed": 0, "failed": 1, "errors": 1, "skipped": 2}[outcome]] += 1
     return counts
 
 
@@ -603,17 +677,34 @@ def render_summary(work: Path, state: dict, dry: bool = False) -> tuple[str, boo
     if info:
         torch_line = f"{info.get('torch')} (CUDA {info.get('torch_cuda')})"
         lines.append(f"torch   : {torch_line}, mdfast {info.get('version')}")
+    built = state.get("build", {})
+    compiled = info.get("compiled") or {}
+    if built.get("toolchain") or compiled.get("compiler"):
+        lines.append(
+            f"compiler: {built.get('toolchain') or 'build log not read'}; the extension records "
+            f"compiler {compiled.get('compiler') or '?'}; post-build exception check: "
+            f"{built.get('exception_check', 'not run')}"
+        )
     ok = True
     lines.append("phases  :")
     for phase, r in state.items():
         if r.get("status") not in ("ok", "none", "skipped"):
             ok = False
         status, seconds, detail = r.get("status", "?"), r.get("seconds", 0), r.get("detail", "")
-        lines.append(f"  {phase:16s} {status:8s} {seconds:6.0f} s  {detail}")
+        lines.append(f"  {phase:18s} {status:8s} {seconds:6.0f} s  {detail}")
     tests = state.get("tests", {}).get("counts")
     if tests and tests.get("failures"):
         shown = tests["failures"][:15]
         lines.append(f"failing tests ({len(tests['failures'])}): " + ", ".join(shown))
+    for key, (passed, failed, skipped) in sorted((tests or {}).get("key_files", {}).items()):
+        lines.append(
+            f"{KEY_TEST_FILES[key]} (tests/{key}.py): {passed} passed, {failed} failed, "
+            f"{skipped} skipped"
+        )
+    gpu_skips = (tests or {}).get("gpu_skipped") or []
+    if gpu_skips:
+        lines.append(f"skipped for want of a GPU or CUDA kernels ({len(gpu_skips)}):")
+        lines += [f"  {s}" for s in gpu_skips[:10]]
     rows = read_rows(work / "bench")
     ceil = next((r for r in rows if r.get("copy_GBps")), None)
     if ceil:
@@ -775,8 +866,12 @@ def main(argv=None) -> int:
 
 
 def gpu_visible() -> bool:
-    r = subprocess.run([sys.executable, "-c", "import torch; print(torch.cuda.is_available())"],
-                       capture_output=True, text=True, timeout=120)  # fmt: skip
+    try:
+        r = subprocess.run([sys.executable, "-c", "import torch; print(torch.cuda.is_available())"],
+                           capture_output=True, text=True, timeout=120)  # fmt: skip
+    except subprocess.TimeoutExpired:
+        print("[gpu-check] asking torch for a GPU took over 120 s: taken as none", flush=True)
+        return False
     return r.stdout.strip() == "True"
 
 
