@@ -35,6 +35,9 @@ Time runs on MDLM's grid t_k = linspace(1, eps, T + 1); a step goes t = t_k -> s
   (``"fb"``) and the DFM corrector (``"dfm"``) on MDLM's cached chain with alpha_t = 1 - t.
 * :func:`semi_ar` — semi-autoregressive generation; ``prefix=`` conditions any sampler on fixed
   leading tokens (carry-over keeps them; remasking never touches them).
+* :func:`euler` and :func:`maskgit` (:mod:`mdfast.sampling.interpolant`) — the discrete-interpolant
+  samplers (time 0 = mask, 1 = data) over token grids, with classifier-free guidance in one
+  batched forward (:mod:`mdfast.sampling.guidance`); :func:`sample_interpolant` picks one by name.
 
 Set ``MDFAST_NVTX=1`` to wrap the phases in NVTX ranges (``denoise``, ``cache.reuse``,
 ``sample``, ``remask``) for Nsight Systems.
@@ -45,21 +48,28 @@ from __future__ import annotations
 from mdfast.sampling import schedules
 from mdfast.sampling.ancestral import analytic, ddpm, ddpm_cache, first_hitting
 from mdfast.sampling.chain import SampleResult, grid_plan
+from mdfast.sampling.guidance import guided_logits
+from mdfast.sampling.interpolant import InterpolantSettings, euler, maskgit, sample_interpolant
 from mdfast.sampling.remdm import LOOP_DEFAULTS, REMDM_DEFAULTS, remdm, remdm_plan
 from mdfast.sampling.semi_ar import sample, semi_ar
 
 __all__ = [
     "LOOP_DEFAULTS",
     "REMDM_DEFAULTS",
+    "InterpolantSettings",
     "SampleResult",
     "analytic",
     "ddpm",
     "ddpm_cache",
+    "euler",
     "first_hitting",
     "grid_plan",
+    "guided_logits",
+    "maskgit",
     "remdm",
     "remdm_plan",
     "sample",
+    "sample_interpolant",
     "schedules",
     "semi_ar",
 ]
