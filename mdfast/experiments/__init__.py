@@ -81,7 +81,13 @@ def _eval_defaults(_: dict) -> dict:
 def _sample_defaults(_: dict) -> dict:
     return {"ckpt": "", "sampler": "ddpm_cache", "steps": 128, "batch_size": 4, "length": 0,
             "seed": 0, "schedule": "", "temperature": 1.0, "top_p": 1.0, "top_k": 0,
-            "noise_removal": True, "use_ema": True, "out": ""}  # fmt: skip
+            "noise_removal": True, "use_ema": True, "out": "",
+            # discrete interpolants (sampler euler | maskgit): guidance scale, the class of
+            # every sample (-1: classes 0, 1, ... in turn), kappa ("" = the objective's), the
+            # Euler and MaskGIT options of mdfast.sampling.interpolant
+            "cfg_scale": 1.0, "label": -1, "kappa": "", "t_min": 0.0, "max_last": False,
+            "anneal_noise": "none", "reveal": "linear", "randomize": "linear",
+            "r_temp": 4.5}  # fmt: skip
 
 
 _DEFAULTS = {
