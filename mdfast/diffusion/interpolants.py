@@ -176,10 +176,10 @@ class Interpolant(Objective):
     # --- the loss ------------------------------------------------------------------------------
 
     def row_weights(self, xs: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-        """float32 [N]: the masked_ce weight of every token (the loss is their weighted sum)."""
+        """float64 [N]: the masked_ce weight of every token (the loss is their weighted sum)."""
         n = xs.numel()
         if not self.mask_ce:
-            return torch.full((n,), 1.0 / max(n, 1), device=xs.device)
+            return torch.full((n,), 1.0 / max(n, 1), dtype=torch.float64, device=xs.device)
         masked = (xs == self.mask_index).reshape(xs.shape[0], -1).double()
         w = masked / masked.sum().clamp_min(1.0)
         if self.elbo:
@@ -188,7 +188,7 @@ class Interpolant(Objective):
             if self.sigmoid_shift is not None:
                 k = kappa(sd, self.kappa)
                 w = w * torch.sigmoid(torch.log(k) - torch.log1p(-k) - self.sigmoid_shift)[:, None]
-        return w.reshape(-1).float()
+        return w.reshape(-1)
 
     def forward(self, batch):
         x1, _, rest = unpack(batch)
@@ -202,6 +202,8 @@ class Interpolant(Objective):
         logits = self.model(xs, **cond)
         v = logits.shape[-1]
         weight = self.row_weights(xs, s)
+        if logits.dtype != torch.float64:
+            weight = weight.float()
         loss = ops.masked_ce(
             logits.reshape(-1, v), x1.reshape(-1), weight, exclude_index=self.mask_index
         ).sum()

@@ -137,9 +137,9 @@ class UViT(nn.Module):
                 out["context"] = self.null_context.to(value.dtype).expand_as(value)
             else:
                 raise ValueError(
-                    f"mdfast: classifier-free guidance needs a null condition for '{key}', and "
-                    f"this U-ViT has none (num_classes={cfg.num_classes}, "
-                    f"context_dim={cfg.context_dim})"
+                    f"mdfast: classifier-free guidance ('cfg_scale' != 1) needs a null "
+                    f"condition for '{key}', and this U-ViT has none "
+                    f"(num_classes={cfg.num_classes}, context_dim={cfg.context_dim})"
                 )
         return out
 

@@ -58,7 +58,9 @@ __all__ = [
     "REVEAL_SCHEDULES",
     "InterpolantSettings",
     "euler",
+    "euler_step",
     "maskgit",
+    "maskgit_step",
     "reveal_counts",
     "sample_interpolant",
 ]
@@ -181,6 +183,8 @@ def reveal_counts(steps: int, length: int, mode: str = "linear") -> list[int]:
         )
     if mode not in REVEAL_SCHEDULES:
         raise _bad("reveal", f"one of {list(REVEAL_SCHEDULES)}", mode)
+    if steps == 1:  # linspace(1, 0, 1) = [1]: weight 0 in most modes; one step reveals all
+        return [length]
     r = torch.linspace(1, 0, steps, dtype=torch.float64)
     w = {
         "linear": lambda: 1 - r,
@@ -270,6 +274,91 @@ def _kappa_at(s: float, name: str) -> tuple[float, float]:
     return float(kappa(t, name)), float(dkappa(t, name))
 
 
+def euler_step(
+    x: torch.Tensor,
+    logits: torch.Tensor,
+    s: float,
+    h: float,
+    settings: InterpolantSettings,
+    *,
+    last: bool = False,
+    seed: int,
+    offset: int,
+) -> torch.Tensor:
+    """One Euler step s → s + h of x [B, L] with logits [B, L, V] (module docstring): a masked
+    token is revealed with probability min(1, h·κ'(s)/(1 − κ(s))) (1 when ``last``), its value
+    drawn from the logits (argmax when ``last`` and ``max_last``); then ``anneal_noise``
+    re-masks revealed tokens (not when ``last``). One :func:`mdfast.ops.mask_step`."""
+    st = settings
+    a_t, da = _kappa_at(s, st.kappa)
+    a_s = 1.0 if last else min(1.0, a_t + h * da)
+    sigma = 0.0 if last else _anneal_sigma(st.anneal_noise, s, h)
+    remask = None
+    if sigma > 0.0:  # only tokens revealed before this step; masked ones get sigma 0
+        remask = (x != st.mask_index).to(torch.float64) * sigma
+    x_next, _, _ = ops.mask_step(
+        x,
+        logits,
+        mask_index=st.mask_index,
+        alpha_t=min(a_t, a_s),
+        alpha_s=a_s,
+        remask=remask,
+        temperature=0.0 if (last and st.max_last) else st.temperature,
+        top_p=st.top_p,
+        top_k=st.top_k,
+        seed=seed,
+        offset=offset,
+    )
+    return x_next
+
+
+def maskgit_step(
+    x: torch.Tensor,
+    logits: torch.Tensor,
+    count: int,
+    step: int,
+    settings: InterpolantSettings,
+    rng: PhiloxStream,
+) -> torch.Tensor:
+    """MaskGIT step ``step`` (0-based) of x [B, L] with logits [B, L, V]: every masked token
+    draws a candidate (one :func:`mdfast.ops.sample_x0` over the masked rows), the ``count``
+    most confident masked tokens of each sample are revealed (module docstring). Every sample
+    must have at least ``count`` masked tokens."""
+    st = settings
+    b, n = x.shape
+    flat = x.reshape(-1)
+    rows = (flat == st.mask_index).nonzero().squeeze(1)
+    seed, offset = rng.next()
+    token, prob = ops.sample_x0(
+        logits.reshape(b * n, -1),
+        rows,
+        temperature=st.temperature,
+        top_p=st.top_p,
+        top_k=st.top_k,
+        exclude_index=st.mask_index,
+        seed=seed,
+        offset=offset,
+    )
+    conf = prob.double().clamp_min(1e-300).log()
+    if st.randomize == "linear":
+        decay = 1.0 - (step / (st.steps - 1) if st.steps > 1 else 0.0)
+        seed, offset = rng.next()
+        u = ops.uniform((b * n,), seed, offset, dtype=torch.float64, device=x.device)[rows]
+        conf = conf + st.r_temp * decay * -torch.log(-torch.log(u))
+    elif st.randomize == "random" or (st.randomize == "warm_up" and step < 2):
+        seed, offset = rng.next()
+        conf = ops.uniform((b * n,), seed, offset, dtype=torch.float64, device=x.device)[rows]
+    # revealed tokens rank below every masked one (finite floor, not -inf, so ties cannot pick
+    # a revealed token)
+    full = torch.full((b * n,), torch.finfo(torch.float64).min, dtype=torch.float64,
+                      device=x.device)  # fmt: skip
+    full[rows] = conf
+    cand = torch.full_like(flat, st.mask_index)
+    cand[rows] = token
+    pick = full.view(b, n).topk(count, dim=1).indices
+    return x.scatter(1, pick, cand.view(b, n).gather(1, pick))
+
+
 @torch.no_grad()
 def euler(model, settings: InterpolantSettings | None = None, /, *, cond: dict | None = None,
           **options) -> SampleResult:  # fmt: skip
@@ -281,28 +370,8 @@ def euler(model, settings: InterpolantSettings | None = None, /, *, cond: dict |
     h = (1.0 - st.t_min) / st.steps
     for k in run.steps(st.steps):
         s = st.t_min + k * h
-        last = k == st.steps - 1
         z = run.logits(s)
-        a_t, da = _kappa_at(s, st.kappa)
-        a_s = 1.0 if last else min(1.0, a_t + h * da)
-        a_t = min(a_t, a_s)
-        sigma = 0.0 if last else _anneal_sigma(st.anneal_noise, s, h)
-        remask = None
-        if sigma > 0.0:
-            decoded = run.x != st.mask_index
-            remask = decoded.to(torch.float64) * sigma
-        run.x, _, _ = ops.mask_step(
-            run.x,
-            z,
-            mask_index=st.mask_index,
-            alpha_t=a_t,
-            alpha_s=a_s,
-            remask=remask,
-            temperature=0.0 if (last and st.max_last) else st.temperature,
-            top_p=st.top_p,
-            top_k=st.top_k,
-            **run.draw_kw(),
-        )
+        run.x = euler_step(run.x, z, s, h, st, last=k == st.steps - 1, **run.draw_kw())
         del z
     return run.result()
 
@@ -316,37 +385,11 @@ def maskgit(model, settings: InterpolantSettings | None = None, /, *, cond: dict
     st = InterpolantSettings.build(settings, options)
     counts = reveal_counts(st.steps, st.length, st.reveal)
     run = _Run(model, st, cond)
-    b, n = st.batch_size, st.length
     revealed = 0
-    lowest = torch.finfo(torch.float64).min
     for i in run.steps(st.steps):
-        z = run.logits(revealed / n).reshape(b * n, -1)
-        flat = run.x.view(-1)
-        rows = (flat == st.mask_index).nonzero().squeeze(1)
-        token, prob = ops.sample_x0(
-            z,
-            rows,
-            temperature=st.temperature,
-            top_p=st.top_p,
-            top_k=st.top_k,
-            exclude_index=st.mask_index,
-            **run.draw_kw(),
-        )
+        z = run.logits(revealed / st.length)
+        run.x = maskgit_step(run.x, z, counts[i], i, st, run.rng)
         del z
-        conf = prob.double().clamp_min(1e-300).log()
-        if st.randomize == "linear":
-            decay = 1.0 - (i / (st.steps - 1) if st.steps > 1 else 0.0)
-            u = ops.uniform((b * n,), dtype=torch.float64, device=run.device, **run.draw_kw())
-            conf = conf + st.r_temp * decay * -torch.log(-torch.log(u[rows]))
-        elif st.randomize == "random" or (st.randomize == "warm_up" and i < 2):
-            u = ops.uniform((b * n,), dtype=torch.float64, device=run.device, **run.draw_kw())
-            conf = u[rows]
-        full = torch.full((b * n,), lowest, dtype=torch.float64, device=run.device)
-        full[rows] = conf
-        cand = torch.full_like(flat, st.mask_index)
-        cand[rows] = token
-        pick = full.view(b, n).topk(counts[i], dim=1).indices
-        run.x.scatter_(1, pick, cand.view(b, n).gather(1, pick))
         revealed += counts[i]
     return run.result()
 

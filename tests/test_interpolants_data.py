@@ -1,0 +1,191 @@
+"""Discrete-interpolant data and tools: memory-mapped VQ token files, the k-means codebook, the
+VQ tokenizer (a tiny diffusers VQModel saved locally, and the error without diffusers), the
+generic classifier, ``mdfast sample`` of an interpolant run, and the CPU-scale table at tiny
+settings."""
+
+from __future__ import annotations
+
+import builtins
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from mdfast.cli import main
+from mdfast.data.quantize import assign, decode, fit_kmeans
+from mdfast.data.vq_tokens import MappedArray, load_vq_tokens, save_vq_tokens
+from mdfast.experiments.build import build_data
+from mdfast.metrics.classifier import ConvClassifier, intended_class_accuracy, train_classifier
+from mdfast.train.data import StepBatches
+
+
+def test_vq_token_files_round_trip_memory_mapped(tmp_path, fresh_seed):
+    g = torch.Generator().manual_seed(fresh_seed)
+    ids = torch.randint(0, 300, (40, 4, 4), generator=g)
+    lab = torch.randint(0, 10, (40,), generator=g)
+    ctx = torch.randn(40, 3, 5, generator=g)
+    path = save_vq_tokens(tmp_path / "t.npz", ids, lab, ctx)
+    cols = load_vq_tokens(path, codebook_size=300)
+    assert isinstance(cols["input_ids"].array, np.memmap)  # stored members are mapped in place
+    idx = torch.tensor([7, 3, 3, 39, 0])
+    assert torch.equal(cols["input_ids"][idx], ids[idx]) and torch.equal(cols["label"], lab)
+    torch.testing.assert_close(cols["context"][idx], ctx[idx].half().float())
+    # the trainer's batching reads rows of the mapped columns directly
+    batch = StepBatches(cols, 8).get(0, 0)
+    assert batch["input_ids"].shape == (8, 4, 4) and batch["input_ids"].dtype == torch.int64
+    # .npy + labels .npy, and a compressed .npz (read into memory)
+    np.save(tmp_path / "i.npy", ids.numpy().astype(np.int16))
+    np.save(tmp_path / "l.npy", lab.numpy())
+    cols = load_vq_tokens(tmp_path / "i.npy", codebook_size=300, labels_path=tmp_path / "l.npy")
+    assert torch.equal(cols["input_ids"][idx], ids[idx]) and torch.equal(cols["label"], lab)
+    np.savez_compressed(tmp_path / "c.npz", indices=ids.numpy())
+    assert torch.equal(load_vq_tokens(tmp_path / "c.npz", codebook_size=300)["input_ids"][idx],
+                       ids[idx])  # fmt: skip
+    view = MappedArray(ids.numpy(), torch.int64).split(10, 20)
+    assert len(view) == 10 and torch.equal(view[torch.tensor([0, 9])], ids[[10, 19]])
+
+
+def test_vq_index_beyond_the_codebook_is_an_error(tmp_path):
+    ids = torch.zeros(5, 2, 2, dtype=torch.long)
+    ids[3, 1, 0] = 16384  # the mask id of a 16384-code VQ-f8
+    path = save_vq_tokens(tmp_path / "bad.npz", ids)
+    with pytest.raises(ValueError, match=r"VQ index 16384 at row 3.*data.codebook_size=16384"):
+        load_vq_tokens(path, codebook_size=16384)
+    with pytest.raises(ValueError, match=r"data\.codebook_size"):
+        build_data({"name": "vq-tokens", "path": str(path), "codebook_size": 16384,
+                    "labels_path": "", "context_path": "", "val_path": "", "val_labels_path": "",
+                    "val_context_path": "", "val_fraction": 0.1})  # fmt: skip
+    with pytest.raises(FileNotFoundError, match=r"data\.path"):
+        load_vq_tokens(tmp_path / "missing.npz", codebook_size=4)
+
+
+def test_vq_tokens_preset_data_splits_lazily(tmp_path):
+    ids = torch.randint(0, 16, (50, 2, 2))
+    path = save_vq_tokens(tmp_path / "t.npz", ids, torch.arange(50) % 3)
+    d = {"name": "vq-tokens", "path": str(path), "codebook_size": 16, "labels_path": "",
+         "context_path": "", "val_path": "", "val_labels_path": "", "val_context_path": "",
+         "val_fraction": 0.1}  # fmt: skip
+    train, val = build_data(d)
+    assert isinstance(train["input_ids"], MappedArray) and len(train["input_ids"]) == 45
+    assert torch.equal(val["input_ids"][torch.arange(5)], ids[45:])
+    assert torch.equal(val["label"], torch.arange(45, 50) % 3)
+
+
+def test_kmeans_codebook(fresh_seed):
+    g = torch.Generator().manual_seed(fresh_seed)
+    centres = torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)
+    x = centres[torch.randint(0, 3, (3000,), generator=g)] + 0.01 * torch.randn(3000, generator=g)
+    c = fit_kmeans(x, 3, seed=fresh_seed % 1000)
+    torch.testing.assert_close(c, centres, atol=2e-3, rtol=0)
+    codes = assign(x, c)
+    assert torch.equal(codes, (x[:, None] - centres).abs().argmin(1))
+    torch.testing.assert_close(decode(codes, c), c[codes])
+    assert torch.equal(fit_kmeans(x, 3, seed=4), fit_kmeans(x, 3, seed=4))
+    pts = torch.randn(200, 2, generator=g)
+    assert fit_kmeans(pts, 4).shape == (4, 2)
+    with pytest.raises(ValueError, match="argument 'k'"):
+        fit_kmeans(torch.tensor([1.0, 1.0]), 2)
+
+
+def test_classifier_trainer_is_deterministic(fresh_seed):
+    g = torch.Generator().manual_seed(fresh_seed)
+    labels = torch.randint(0, 2, (256,), generator=g)
+    images = torch.rand(256, 8, 8, generator=g) * 0.3
+    images[labels == 1, :4] += 0.7  # class 1: a bright top half
+
+    def make():
+        return ConvClassifier(8, 2, width=4, feature_dim=8)
+
+    a = train_classifier(make, images, labels, epochs=2, lr=1e-2, batch_size=64, seed=1)
+    b = train_classifier(make, images, labels, epochs=2, lr=1e-2, batch_size=64, seed=1)
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+        assert torch.equal(pa, pb)
+    with torch.no_grad():
+        probs = a(images).softmax(-1)
+    assert intended_class_accuracy(probs, labels) > 0.9
+    assert intended_class_accuracy(torch.eye(2)[[0, 1, 1]], torch.tensor([0, 1, 0])) == 2 / 3
+
+
+def _tiny_vqmodel(path):
+    diffusers = pytest.importorskip("diffusers")
+    torch.manual_seed(0)
+    m = diffusers.VQModel(block_out_channels=(8, 16), layers_per_block=1, latent_channels=4,
+                          down_block_types=("DownEncoderBlock2D",) * 2,
+                          up_block_types=("UpDecoderBlock2D",) * 2, num_vq_embeddings=32,
+                          vq_embed_dim=4, norm_num_groups=4, sample_size=16)  # fmt: skip
+    m.save_pretrained(path)
+    return m.eval()
+
+
+def test_vq_tokenizer_encode_decode(tmp_path, fresh_seed):
+    from mdfast.models.vq import VQTokenizer
+
+    model = _tiny_vqmodel(tmp_path / "vq")
+    tok = VQTokenizer.from_pretrained(tmp_path / "vq")
+    assert tok.codebook_size == 32 and tok.downsample == 2
+    x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(fresh_seed)) * 2 - 1
+    idx = tok.encode(x)
+    assert idx.shape == (2, 8, 8) and idx.dtype == torch.int64
+    with torch.no_grad():  # the model's own quantise-and-decode path
+        h = model.encode(x).latents
+        want = model.decode(model.quantize(h)[0], force_not_quantize=True).sample.clamp(-1, 1)
+    torch.testing.assert_close(tok.decode(idx), want, rtol=1e-4, atol=1e-4)
+    assert torch.equal(tok.encode(tok.decode(idx) * 0 + x), idx)  # encode is deterministic
+    with pytest.raises(ValueError, match=r"codebook_size=32"):
+        tok.decode(torch.full((1, 8, 8), 32))
+
+
+def test_vq_tokenizer_errors_name_what_is_needed(tmp_path, monkeypatch):
+    from mdfast.models.vq import VQTokenizer
+
+    with pytest.raises(FileNotFoundError, match=r"config\.json"):
+        VQTokenizer.from_pretrained(tmp_path / "nowhere")
+    (tmp_path / "vq").mkdir()
+    (tmp_path / "vq" / "config.json").write_text("{}")
+    real_import = builtins.__import__
+
+    def no_diffusers(name, *args, **kwargs):
+        if name == "diffusers" or name.startswith("diffusers."):
+            raise ImportError("No module named 'diffusers'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_diffusers)
+    with pytest.raises(ImportError, match=r"needs the 'diffusers' package.*VQModel directory"):
+        VQTokenizer.from_pretrained(tmp_path / "vq")
+
+
+def test_cli_sample_interpolant(tmp_path, capsys):
+    base = ["tiny-interpolant-uvit", "train.steps=2", "train.batch_size=8",
+            "train.progress=false", f"train.out_dir={tmp_path}"]  # fmt: skip
+    assert main(["train", *base]) == 0
+    out_file = tmp_path / "s.pt"
+    for sampler in ("euler", "maskgit"):
+        opts = [f"sample.sampler={sampler}", "sample.steps=3", "sample.cfg_scale=2",
+                "sample.batch_size=5", f"sample.out={out_file}"]  # fmt: skip
+        rc = main(["sample", *base, *opts])
+        res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert rc == 0 and res["shape"] == [5, 8, 8] and res["nfe"] == 3
+        saved = torch.load(out_file)
+        assert saved["input_ids"].max() < 8 and torch.equal(saved["y"], torch.arange(5) % 4)
+    rc = main(["sample", *base, "sample.sampler=maskgit", "sample.steps=0"])
+    assert rc == 2 and "option 'sample.steps'" in capsys.readouterr().err
+    rc = main(["sample", *base, "sample.sampler=ddpm"])
+    assert rc == 2 and "'euler' or 'maskgit'" in capsys.readouterr().err
+
+
+def test_cpu_table_runs_at_tiny_settings(tmp_path):
+    from mdfast.experiments.interpolants.table import run
+
+    rows = run(tmp_path, samples=20, batch=10, samplers=("euler", "maskgit"), steps=(2,),
+               scales=(0.0, 2.0), classifier_epochs=1, progress=False,
+               overrides=["train.steps=3", "train.batch_size=16", "model.dim=32",
+                          "model.depth=2"])  # fmt: skip
+    assert [(r["sampler"], r["cfg_scale"], r["nfe"]) for r in rows] == [
+        ("euler", 0.0, 2), ("euler", 2.0, 4), ("maskgit", 0.0, 2), ("maskgit", 2.0, 4)
+    ]  # fmt: skip
+    assert all(r["frechet"] >= 0 and 0 <= r["class_acc"] <= 1 for r in rows)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["classifier_test_acc"] > 0.5 and len(summary["codebook"]) == 16
+    assert "| maskgit | 2 | 2 | 4 |" in (tmp_path / "results.md").read_text()
+    assert (tmp_path / "grids" / "euler-2-s2.png").is_file()
