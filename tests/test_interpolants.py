@@ -346,7 +346,7 @@ def test_maskgit_reveals_the_most_confident(fresh_seed):
     st = InterpolantSettings(batch_size=2, shape=(L,), mask_index=mask, steps=4,
                              randomize="none", temperature=0.0)  # fmt: skip
     x = torch.full((2, L), mask)
-    out = maskgit_step(x, z.expand(2, L, V), 3, 0, st, PhiloxStream(fresh_seed % 2**62))
+    out = maskgit_step(x, z.expand(2, L, V), 3, 0, st, PhiloxStream(fresh_seed % 2**62), masked=L)
     conf = _token_law(z.double(), mask).max(-1).values
     want = set(conf.topk(3).indices.tolist())
     for row in out:
@@ -414,3 +414,23 @@ def test_bad_input_names_the_option(fresh_seed):
         Interpolant(uncond, mask_index=8, coupling="xcoupling")
     with pytest.raises(ValueError, match="mask_ce"):
         Interpolant(uncond, mask_index=8, mask_ce=False, elbo=True)
+
+
+def test_samplers_and_objective_never_read_device_values(monkeypatch):
+    """On the kernel path (meta tensors standing in for CUDA ones), a guided Euler run with
+    remasking, a guided MaskGIT run and a smoothed training step never wait on the device."""
+    from test_no_host_sync import FailOnHostSync
+
+    from mdfast import _extension
+
+    monkeypatch.setattr(_extension, "has_kernel", lambda device: device.type in ("cpu", "meta"))
+    m = UViT("tiny").to("meta").eval()
+    y = torch.arange(3, device="meta") % 4
+    kw = {"batch_size": 3, "shape": (8, 8), "mask_index": 8, "steps": 3, "cfg_scale": 2.0,
+          "cond": {"y": y}, "device": "meta"}  # fmt: skip
+    with FailOnHostSync(devices=("meta",)):
+        assert euler(m, anneal_noise="linear", **kw).x.device.type == "meta"
+        assert maskgit(m, randomize="linear", **kw).x.device.type == "meta"
+        obj = Interpolant(m.train(), mask_index=8, num_classes=4, smooth=0.1, elbo=True)
+        x = torch.zeros(3, 8, 8, dtype=torch.long, device="meta")
+        obj({"input_ids": x, "label": y})[0].backward()

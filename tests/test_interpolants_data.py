@@ -134,6 +134,24 @@ def test_vq_tokenizer_encode_decode(tmp_path, fresh_seed):
     assert torch.equal(tok.encode(tok.decode(idx) * 0 + x), idx)  # encode is deterministic
     with pytest.raises(ValueError, match=r"codebook_size=32"):
         tok.decode(torch.full((1, 8, 8), 32))
+    # the command line: an ImageFolder -> tokens.npz -> trainable columns; tokens -> PNG grid
+    from PIL import Image
+
+    from mdfast.experiments.interpolants.tokenize import main as tokenize
+
+    for c, cls in enumerate(("cat", "dog")):
+        (tmp_path / "img" / cls).mkdir(parents=True)
+        for i in range(2):
+            pixels = torch.randint(0, 256, (20, 24, 3), dtype=torch.uint8) // (c + 1)
+            Image.fromarray(pixels.numpy()).save(tmp_path / "img" / cls / f"{i}.png")
+    npz = tokenize(["encode", "--vq", str(tmp_path / "vq"), "--images", str(tmp_path / "img"),
+                    "--out", str(tmp_path / "t.npz"), "--size", "16"])  # fmt: skip
+    cols = load_vq_tokens(npz, codebook_size=32)
+    assert cols["input_ids"].shape == (4, 8, 8) and cols["label"].tolist() == [0, 0, 1, 1]
+    torch.save({"input_ids": cols["input_ids"][torch.arange(4)]}, tmp_path / "s.pt")
+    png = tokenize(["decode", "--vq", str(tmp_path / "vq"), "--tokens", str(tmp_path / "s.pt"),
+                    "--out", str(tmp_path / "s.png")])  # fmt: skip
+    assert Image.open(png).size[0] > 16
 
 
 def test_vq_tokenizer_errors_name_what_is_needed(tmp_path, monkeypatch):

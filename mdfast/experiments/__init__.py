@@ -84,9 +84,9 @@ def _sample_defaults(_: dict) -> dict:
             "noise_removal": True, "use_ema": True, "out": "",
             # discrete interpolants (sampler euler | maskgit): guidance scale, the class of
             # every sample (-1: classes 0, 1, ... in turn), kappa ("" = the objective's), the
-            # Euler and MaskGIT options of mdfast.sampling.interpolant
+            # Euler and MaskGIT options of mdfast.sampling.interpolant (null = "none")
             "cfg_scale": 1.0, "label": -1, "kappa": "", "t_min": 0.0, "max_last": False,
-            "anneal_noise": "none", "reveal": "linear", "randomize": "linear",
+            "anneal_noise": None, "reveal": "linear", "randomize": "linear",
             "r_temp": 4.5}  # fmt: skip
 
 

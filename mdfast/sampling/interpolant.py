@@ -117,6 +117,9 @@ class InterpolantSettings:
     def __post_init__(self):
         shape = (self.shape,) if _is_int(self.shape) else tuple(self.shape)
         object.__setattr__(self, "shape", shape)
+        for name in ("anneal_noise", "randomize"):  # None (a config's null) = "none"
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, "none")
         if not shape or not all(_is_int(s) and s >= 1 for s in shape):
             raise _bad("shape", "a tuple of positive ints", self.shape)
         for name in ("batch_size", "steps"):
@@ -319,15 +322,19 @@ def maskgit_step(
     step: int,
     settings: InterpolantSettings,
     rng: PhiloxStream,
+    *,
+    masked: int,
 ) -> torch.Tensor:
-    """MaskGIT step ``step`` (0-based) of x [B, L] with logits [B, L, V]: every masked token
-    draws a candidate (one :func:`mdfast.ops.sample_x0` over the masked rows), the ``count``
-    most confident masked tokens of each sample are revealed (module docstring). Every sample
-    must have at least ``count`` masked tokens."""
+    """MaskGIT step ``step`` (0-based) of x [B, L] with logits [B, L, V], where every sample has
+    exactly ``masked`` ≥ ``count`` masked tokens: each masked token draws a candidate (one
+    :func:`mdfast.ops.sample_x0` over the B·``masked`` masked rows) and the ``count`` most
+    confident masked tokens of each sample are revealed (module docstring). No host
+    synchronisation: the masked rows come from a stable sort, not ``nonzero``."""
     st = settings
     b, n = x.shape
-    flat = x.reshape(-1)
-    rows = (flat == st.mask_index).nonzero().squeeze(1)
+    # each sample's masked positions first (ascending), then its revealed ones
+    order = torch.argsort((x != st.mask_index).to(torch.int8), dim=1, stable=True)[:, :masked]
+    rows = (order + n * torch.arange(b, device=x.device)[:, None]).reshape(-1)
     seed, offset = rng.next()
     token, prob = ops.sample_x0(
         logits.reshape(b * n, -1),
@@ -348,15 +355,9 @@ def maskgit_step(
     elif st.randomize == "random" or (st.randomize == "warm_up" and step < 2):
         seed, offset = rng.next()
         conf = ops.uniform((b * n,), seed, offset, dtype=torch.float64, device=x.device)[rows]
-    # revealed tokens rank below every masked one (finite floor, not -inf, so ties cannot pick
-    # a revealed token)
-    full = torch.full((b * n,), torch.finfo(torch.float64).min, dtype=torch.float64,
-                      device=x.device)  # fmt: skip
-    full[rows] = conf
-    cand = torch.full_like(flat, st.mask_index)
-    cand[rows] = token
-    pick = full.view(b, n).topk(count, dim=1).indices
-    return x.scatter(1, pick, cand.view(b, n).gather(1, pick))
+    pick = conf.view(b, masked).topk(count, dim=1).indices  # among the masked tokens only
+    pos = order.gather(1, pick)
+    return x.scatter(1, pos, token.view(b, masked).gather(1, pick))
 
 
 @torch.no_grad()
@@ -388,7 +389,7 @@ def maskgit(model, settings: InterpolantSettings | None = None, /, *, cond: dict
     revealed = 0
     for i in run.steps(st.steps):
         z = run.logits(revealed / st.length)
-        run.x = maskgit_step(run.x, z, counts[i], i, st, run.rng)
+        run.x = maskgit_step(run.x, z, counts[i], i, st, run.rng, masked=st.length - revealed)
         del z
         revealed += counts[i]
     return run.result()
