@@ -78,8 +78,8 @@ def _class_grid(grey: torch.Tensor, labels: torch.Tensor, per_class: int = 10) -
 def run(
     out: str | Path,
     *,
-    samples: int = 200,
-    batch: int = 200,
+    samples: int = 150,
+    batch: int = 150,
     samplers=("euler", "maskgit"),
     steps=(8, 16, 32),
     scales=(0.0, 1.0, 2.0),
@@ -228,8 +228,8 @@ def main(argv=None) -> list[dict]:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--out", default="runs/interpolants-digits14")
-    p.add_argument("--samples", type=int, default=200, help="samples per row")
-    p.add_argument("--batch", type=int, default=200, help="samples per sampler call")
+    p.add_argument("--samples", type=int, default=150, help="samples per row")
+    p.add_argument("--batch", type=int, default=150, help="samples per sampler call")
     p.add_argument("--samplers", default="euler,maskgit")
     p.add_argument("--steps", type=_ints, default=(8, 16, 32))
     p.add_argument("--scales", type=_floats, default=(0.0, 1.0, 2.0))
