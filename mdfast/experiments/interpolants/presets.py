@@ -59,7 +59,7 @@ PRESETS: dict[str, dict] = {
         "data": {"name": "digits14"},
         "train": {"lr": 2e-3, "weight_decay": 0.0, "batch_size": 64, "warmup": 50,
                   "lr_schedule": "cosine", "min_lr_ratio": 0.1, "ema": 0.995, "clip": 1.0,
-                  "steps": 600, "ckpt_every": 600, "log_every": 50, "tensorboard": False,
+                  "steps": 900, "ckpt_every": 900, "log_every": 50, "tensorboard": False,
                   "out_dir": "runs/interpolant-digits14"},
         "sample": {"sampler": "maskgit", "steps": 16, "cfg_scale": 2.0, "batch_size": 20},
     },
