@@ -325,7 +325,7 @@ def _sample_interpolant(cfg: dict, objective, path, rank: int, ctx) -> int:
     import torch
 
     from mdfast.experiments import ConfigError
-    from mdfast.sampling.interpolant import sample_interpolant
+    from mdfast.sampling import sample
 
     sp, model = cfg["sample"], objective.model
     if sp["sampler"] not in ("euler", "maskgit"):
@@ -353,9 +353,9 @@ def _sample_interpolant(cfg: dict, objective, path, rank: int, ctx) -> int:
         cond = {} if labels is None else {"y": labels[i * b : (i + 1) * b]}
         try:
             with ctx:
-                res = sample_interpolant(model, sampler=sp["sampler"], batch_size=b, shape=shape,
-                                         mask_index=cfg["objective"]["mask_index"], cond=cond,
-                                         seed=sp["seed"] + i * 1_000_003, **opts)  # fmt: skip
+                res = sample(model, sampler=sp["sampler"], batch_size=b, shape=shape,
+                             mask_index=cfg["objective"]["mask_index"], cond=cond,
+                             seed=sp["seed"] + i * 1_000_003, **opts)  # fmt: skip
         except ValueError as e:
             raise ConfigError(str(e).replace("argument '", "option 'sample.")) from None
         xs.append(res.x)
@@ -406,6 +406,7 @@ def _objective_loss(objective, dataset, ev, dev) -> dict:
     """Mean objective loss over the split, for objectives without a likelihood estimator."""
     import torch
 
+    from mdfast import rng
     from mdfast.train.data import StepBatches
 
     n = StepBatches(dataset, 1, shuffle=False).n
@@ -415,10 +416,11 @@ def _objective_loss(objective, dataset, ev, dev) -> dict:
     torch.manual_seed(ev["seed"])
     total, steps = 0.0, max(1, n // bs)
     with torch.no_grad():
-        for i in range(steps):
+        for i in range(steps):  # batch i's noise: (eval.seed, step i, sample index), as in training
             b = batches.get(i, 0)
             b = {k: v.to(dev) for k, v in b.items()} if isinstance(b, dict) else b.to(dev)
-            total += float(objective(b)[0])
+            with rng.noise_key(rng.NoiseKey.for_batch(ev["seed"], i, bs)):
+                total += float(objective(b)[0])
     return {"estimator": "objective_loss", "loss": total / steps, "sequences": steps * bs}
 
 

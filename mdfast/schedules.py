@@ -15,7 +15,8 @@ value. So ``kappa(s) = alpha(flip_time(s))``: every kappa schedule of that codeb
 here, named in :data:`KAPPA_SCHEDULES` and read through :func:`kappa`, :func:`dkappa` and
 :func:`kappa_rate` (= ``kappa'/(1 - kappa)``, the CTMC unmasking rate and ELBO weight).
 
-All methods take a tensor ``t`` and compute in its dtype (pass float64 for exact comparisons).
+All methods take a tensor ``t`` and compute in its dtype (pass float64 for exact comparisons);
+:func:`alpha_at` is the scalar lookup the samplers use for their time grids.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from __future__ import annotations
 import math
 
 import torch
+
+from mdfast import rng
 
 __all__ = [
     "KAPPA_SCHEDULES",
@@ -35,6 +38,7 @@ __all__ = [
     "PolynomialSchedule",
     "Schedule",
     "SineSchedule",
+    "alpha_at",
     "dkappa",
     "flip_time",
     "get_schedule",
@@ -293,6 +297,20 @@ def kappa_rate(s: torch.Tensor, name: str = "linear") -> torch.Tensor:
     return kappa_schedule(name).loss_weight(flip_time(s))
 
 
+def alpha_at(t: float, schedule: Schedule | str) -> float:
+    """alpha(t) as a Python float for one time ``t``, for a schedule name of :func:`get_schedule`
+    (``"loglinear"``, ``"linear"``, ``"cosine"``, ``"polynomial"``) or a :class:`Schedule`
+    (computed in float64)."""
+    sched = get_schedule(schedule) if isinstance(schedule, str) else schedule
+    if not isinstance(sched, Schedule):
+        raise ValueError(
+            f"mdfast: argument 'schedule' must be a schedule name or Schedule, got {schedule!r}"
+        )
+    if isinstance(sched, LogLinearSchedule):  # affine in t: no tensor round trip
+        return float(sched.alpha(t))
+    return float(sched.alpha(torch.tensor(t, dtype=torch.float64)))
+
+
 def sample_t(
     n: int,
     *,
@@ -302,9 +320,15 @@ def sample_t(
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """MDLM's ``_sample_t``: ``u ~ U(0, 1)^n``; with ``antithetic`` (stratified) ``u_i <-
-    (u_i / n + i / n) mod 1``; then ``t = (1 - eps) u + eps`` so ``t`` lies in ``[eps, 1)``."""
-    u = torch.rand(n, generator=generator, device=device, dtype=dtype)
+    """MDLM's ``_sample_t``: ``u ~ U(0, 1)^n``; with ``antithetic`` (stratified) one ``u`` per
+    stratum; then ``t = (1 - eps) u + eps`` so ``t`` lies in ``[eps, 1]``.
+
+    The uniforms are :data:`mdfast.rng.Purpose.TIME` noise: keyed by the active
+    :class:`mdfast.rng.NoiseKey` (strata over the *global* batch, ``u_g = (v_g + g) / B``) when
+    one is active and no ``generator`` is given, else ``torch.rand`` with
+    ``u_i = (v_i / n + i / n) mod 1``."""
     if antithetic:
-        u = (u / n + torch.arange(n, device=device, dtype=dtype) / n) % 1
+        u = rng.stratified(rng.Purpose.TIME, n, device=device, dtype=dtype, generator=generator)
+    else:
+        u = rng.draw(rng.Purpose.TIME, n, device=device, dtype=dtype, generator=generator)
     return (1 - eps) * u + eps

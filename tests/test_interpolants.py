@@ -14,7 +14,7 @@ from mdfast import schedules
 from mdfast.diffusion import Interpolant
 from mdfast.models import UViT
 from mdfast.rng import PhiloxStream
-from mdfast.sampling import euler, guided_logits, maskgit
+from mdfast.sampling import euler, guided_logits, maskgit, sample, sampler_names
 from mdfast.sampling.interpolant import (
     InterpolantSettings,
     euler_step,
@@ -387,6 +387,22 @@ def test_text_conditioned_guidance(fresh_seed):
     res = maskgit(m, batch_size=2, shape=(8, 8), mask_index=8, steps=3, cfg_scale=1.5,
                   cond={"context": ctx})  # fmt: skip
     assert (res.x != 8).all()
+
+
+def test_samplers_by_name_equal_the_functions(fresh_seed):
+    """``mdfast.sampling.sample`` runs the interpolant samplers by name, from a settings object
+    or keywords, with the same draws as the functions."""
+    m = _uvit(fresh_seed)
+    y = torch.randint(0, 4, (3,))
+    st = InterpolantSettings(batch_size=3, shape=(8, 8), mask_index=8, steps=4,
+                             seed=fresh_seed % 2**40, cfg_scale=1.5)  # fmt: skip
+    assert {"euler", "maskgit"} <= set(sampler_names())
+    for name, fn in (("euler", euler), ("maskgit", maskgit)):
+        want = fn(m, st, cond={"y": y}).x
+        assert torch.equal(sample(m, st, sampler=name, cond={"y": y}).x, want), name
+        kw = {f: getattr(st, f) for f in ("batch_size", "shape", "mask_index", "steps", "seed")}
+        got = sample(m, sampler=name, cond={"y": y}, cfg_scale=1.5, **kw).x
+        assert torch.equal(got, want), name
 
 
 # --- bad input --------------------------------------------------------------------------------

@@ -26,8 +26,9 @@ and its null version is the model's ``null_context``. With probability ``p_uncon
 condition is replaced by the null one (label drop for classifier-free guidance). A model whose
 ``config.time_cond`` is true also gets ``t=s``.
 
-Every random draw (s, coupling, corruption, label drop) goes through :func:`_uniform`, one stream
-per purpose.
+Every random draw (s, coupling, corruption, label drop) is keyed noise (:func:`mdfast.rng.draw`,
+one stream per purpose): (seed, purpose, global step, global sample index) under the trainer's
+active :class:`mdfast.rng.NoiseKey`, torch's RNG otherwise.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import math
 
 import torch
 
-from mdfast import ops
+from mdfast import ops, rng
 from mdfast.diffusion.base import Objective, unpack
 from mdfast.schedules import KAPPA_SCHEDULES, dkappa, kappa, kappa_rate, kappa_schedule
 
@@ -44,11 +45,7 @@ __all__ = ["COUPLINGS", "KAPPAS", "Interpolant", "dkappa", "kappa", "kappa_rate"
 
 KAPPAS = tuple(KAPPA_SCHEDULES)
 COUPLINGS = ("ucoupling", "ccoupling")
-
-
-def _uniform(purpose: str, shape, device, dtype=torch.float32) -> torch.Tensor:
-    """Uniforms in [0, 1) of ``shape`` (dim 0 = samples) for ``purpose``."""
-    return torch.rand(shape, device=device, dtype=dtype)
+_COUPLING = "coupling"  # the keyed-noise purpose of ccoupling's source masks
 
 
 def _check_prob(value, name: str, *, open_low: bool = False) -> float:
@@ -125,14 +122,14 @@ class Interpolant(Objective):
 
     def sample_time(self, b: int, device) -> torch.Tensor:
         """s ~ U[t_min, 1], float32 [b]."""
-        return self.t_min + (1 - self.t_min) * _uniform("time", b, device)
+        return self.t_min + (1 - self.t_min) * rng.draw(rng.Purpose.TIME, b, device=device)
 
     def source(self, x1: torch.Tensor) -> torch.Tensor:
         """x₀ of the coupling: all mask (ucoupling) or x₁ with each token masked with probability
         ``coupling_mask_prob`` (ccoupling)."""
         if self.coupling == "ucoupling":
             return torch.full_like(x1, self.mask_index)
-        masked = _uniform("coupling", x1.shape, x1.device) < self.coupling_mask_prob
+        masked = rng.draw(_COUPLING, x1.shape, device=x1.device) < self.coupling_mask_prob
         return torch.where(masked, self.mask_index, x1)
 
     def corrupt(self, x0: torch.Tensor, x1: torch.Tensor, s: torch.Tensor, vocab_size: int):
@@ -141,7 +138,7 @@ class Interpolant(Objective):
         without smoothing)."""
         shape = (-1, *([1] * (x1.dim() - 1)))
         k = kappa(s.double(), self.kappa).reshape(shape)
-        u = _uniform("mask", x1.shape, x1.device, torch.float64)
+        u = rng.draw(rng.Purpose.MASK, x1.shape, device=x1.device, dtype=torch.float64)
         if self.smooth == 0.0:
             return torch.where(u < k, x1, x0)
         sd = s.double().reshape(shape)
@@ -157,7 +154,7 @@ class Interpolant(Objective):
         context = rest.get("context")
         if label is None and context is None:
             return cond
-        drop = _uniform("label_drop", b, device) < self.p_uncond
+        drop = rng.draw(rng.Purpose.LABEL_DROP, b, device=device) < self.p_uncond
         if label is not None:
             cond["y"] = torch.where(drop, self.num_classes, label.to(device))
         if context is not None:

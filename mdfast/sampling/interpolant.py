@@ -50,6 +50,7 @@ from mdfast import ops
 from mdfast.rng import PhiloxStream
 from mdfast.sampling.chain import SampleResult
 from mdfast.sampling.guidance import check_guidance, guided_logits
+from mdfast.sampling.settings import _bad, _is_int, _is_real
 from mdfast.schedules import dkappa, kappa, kappa_schedule
 
 __all__ = [
@@ -62,25 +63,11 @@ __all__ = [
     "maskgit",
     "maskgit_step",
     "reveal_counts",
-    "sample_interpolant",
 ]
 
 REVEAL_SCHEDULES = ("linear", "cosine", "arccos", "root", "square")
 RANDOMIZE = ("none", "linear", "warm_up", "random")
 ANNEAL_NOISE = ("none", "linear", "warmup", "campbell")
-SAMPLERS = ("euler", "maskgit")
-
-
-def _bad(name: str, must: str, value) -> ValueError:
-    return ValueError(f"mdfast: argument '{name}' must be {must}, got {value!r}")
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_real(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 @dataclass(frozen=True)
@@ -393,14 +380,3 @@ def maskgit(model, settings: InterpolantSettings | None = None, /, *, cond: dict
         del z
         revealed += counts[i]
     return run.result()
-
-
-def sample_interpolant(
-    model, settings: InterpolantSettings | None = None, /, *, sampler: str = "euler",
-    cond: dict | None = None, **options,
-) -> SampleResult:  # fmt: skip
-    """:func:`euler` or :func:`maskgit` by name (``sampler``)."""
-    if sampler not in SAMPLERS:
-        raise _bad("sampler", f"one of {list(SAMPLERS)}", sampler)
-    fn = euler if sampler == "euler" else maskgit
-    return fn(model, settings, cond=cond, **options)

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from mdfast import experiments
+from mdfast import experiments, rng
 from mdfast.experiments.build import build_model, build_objective
 from mdfast.experiments.interpolants.digits import MASK, SIZE, load_digit_tokens, save_digit_grid
 from mdfast.metrics.classifier import (
@@ -40,7 +40,7 @@ from mdfast.metrics.classifier import (
     train_classifier,
 )
 from mdfast.metrics.fid import FID
-from mdfast.sampling.interpolant import sample_interpolant
+from mdfast.sampling import sample
 
 __all__ = ["main", "run"]
 
@@ -49,13 +49,15 @@ NUM_CLASSES = 10
 
 
 def _sample_rows(model, *, sampler, steps, scale, labels, batch, seed, sample_opts):
-    """Token grids [N, 14, 14] for ``labels``, in batches; batch b draws from seed + b."""
+    """Token grids [N, 14, 14] for ``labels``, in batches; batch b draws from its own stream,
+    ``stream_seed(seed, Purpose.BATCH, b)``."""
     out = []
     for b, start in enumerate(range(0, labels.shape[0], batch)):
         y = labels[start : start + batch]
-        res = sample_interpolant(
+        res = sample(
             model, sampler=sampler, batch_size=y.shape[0], shape=(SIZE, SIZE), mask_index=MASK,
-            steps=steps, seed=seed + b, cfg_scale=scale, cond={"y": y}, **sample_opts,
+            steps=steps, seed=rng.stream_seed(seed, rng.Purpose.BATCH, b), cfg_scale=scale,
+            cond={"y": y}, **sample_opts,
         )  # fmt: skip
         out.append(res.x)
     return torch.cat(out)
