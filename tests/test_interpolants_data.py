@@ -154,6 +154,61 @@ def test_vq_tokenizer_encode_decode(tmp_path, fresh_seed):
     assert Image.open(png).size[0] > 16
 
 
+class _PixelFeatures(torch.nn.Module):
+    """A fixed linear map of the pixels: a feature network small enough for a unit test."""
+
+    def __init__(self, pixels: int, dim: int, seed: int):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.register_buffer("w", torch.randn(pixels, dim, generator=g, dtype=torch.float64))
+
+    def forward(self, images):
+        return images.flatten(1).double() @ self.w
+
+
+def test_fid_of_decoded_tokens(tmp_path, fresh_seed):
+    """Decoded in batches and scaled to [0, 1], the samples' statistics are those of the whole
+    decoded set: FID 0 against it, and the closed form (a shift of the mean) against a shifted
+    copy."""
+    from mdfast.experiments.interpolants.tokenize import decoded_fid
+    from mdfast.metrics.fid import FID
+    from mdfast.models.vq import VQTokenizer
+
+    _tiny_vqmodel(tmp_path / "vq")
+    vq = VQTokenizer.from_pretrained(tmp_path / "vq")
+    g = torch.Generator().manual_seed(fresh_seed)
+    tokens = torch.randint(0, 32, (7, 8, 8), generator=g)
+    net = _PixelFeatures(3 * 16 * 16, 6, fresh_seed)
+    fid = FID(net, device="cpu")
+    images = (vq.decode(tokens) + 1) / 2
+    ref = fid.stats(images)
+    assert decoded_fid(vq, tokens, fid, ref, batch_size=3) == pytest.approx(0.0, abs=1e-8)
+    delta = 0.1
+    shifted = fid.stats(images + delta)
+    want = float((delta * net.w.sum(0)).square().sum())
+    assert decoded_fid(vq, tokens, fid, shifted, batch_size=2) == pytest.approx(want, rel=1e-6)
+    with pytest.raises(ValueError, match="'batch_size'"):
+        decoded_fid(vq, tokens, fid, ref, batch_size=0)
+
+
+def test_fid_command_names_missing_files(tmp_path, monkeypatch):
+    from mdfast.experiments.interpolants.tokenize import main as tokenize
+    from mdfast.metrics.fid import INCEPTION_WEIGHTS_FILE
+    from mdfast.metrics.frechet import GaussianStats
+
+    _tiny_vqmodel(tmp_path / "vq")
+    torch.save({"input_ids": torch.zeros(2, 8, 8, dtype=torch.long)}, tmp_path / "s.pt")
+    args = ["fid", "--vq", str(tmp_path / "vq"), "--tokens", str(tmp_path / "s.pt")]
+    with pytest.raises(FileNotFoundError, match=r"--ref '.*nowhere\.npz'"):
+        tokenize([*args, "--ref", str(tmp_path / "nowhere.npz")])
+    GaussianStats.of(torch.randn(4, 3, dtype=torch.float64)).save(tmp_path / "ref.npz")
+    monkeypatch.setenv("MDFAST_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("MDFAST_INCEPTION_WEIGHTS", raising=False)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    with pytest.raises(FileNotFoundError, match=INCEPTION_WEIGHTS_FILE.replace(".", r"\.")):
+        tokenize([*args, "--ref", str(tmp_path / "ref.npz")])
+
+
 def test_vq_tokenizer_errors_name_what_is_needed(tmp_path, monkeypatch):
     from mdfast.models.vq import VQTokenizer
 
