@@ -319,11 +319,15 @@ def _sample(args) -> int:
 
 def _sample_interpolant(cfg: dict, objective, path, rank: int, ctx) -> int:
     """``mdfast sample`` of a discrete-interpolant run: ``sample.sampler`` euler | maskgit,
-    ``sample.cfg_scale``, ``sample.label`` (-1: classes 0, 1, ... in turn), the samplers' options,
-    ``sample.num_batches`` batches (batch b from seed + b·1000003); the token grid shape is the
-    model's (``image_size``², or ``sample.length``)."""
+    ``sample.cfg_scale``, ``sample.label`` (-1: classes 0, 1, ... in turn), ``sample.context``
+    (text embeddings [N, T, C], a ``.npy`` or an ``.npz`` with ``context``: sample i gets row
+    i mod N), the samplers' options, ``sample.num_batches`` batches (batch b from
+    seed + b·1000003); the token grid shape is the model's (``image_size``², or
+    ``sample.length``)."""
+    import numpy as np
     import torch
 
+    from mdfast.data.vq_tokens import open_array
     from mdfast.experiments import ConfigError
     from mdfast.sampling import sample
 
@@ -344,6 +348,13 @@ def _sample_interpolant(cfg: dict, objective, path, rank: int, ctx) -> int:
                               f"{sp['label']}")  # fmt: skip
         n = b * n_batches
         labels = torch.arange(n) % classes if sp["label"] < 0 else torch.full((n,), sp["label"])
+    context = rows = None
+    if sp["context"]:
+        context = open_array(sp["context"], "context", option="sample.context")
+        if context.ndim != 3 or len(context) == 0:
+            raise ConfigError(f"mdfast: sample.context must hold embeddings [N, T, C] with N >= 1, "
+                              f"got shape {list(context.shape)}")  # fmt: skip
+        rows = torch.arange(b * n_batches) % len(context)
     opts = {k: sp[k] for k in ("steps", "cfg_scale", "temperature", "top_p", "top_k", "t_min",
                                "max_last", "anneal_noise", "reveal", "randomize",
                                "r_temp")}  # fmt: skip
@@ -351,6 +362,9 @@ def _sample_interpolant(cfg: dict, objective, path, rank: int, ctx) -> int:
     xs, nfe = [], 0
     for i in range(n_batches):
         cond = {} if labels is None else {"y": labels[i * b : (i + 1) * b]}
+        if context is not None:
+            picked = np.asarray(context[rows[i * b : (i + 1) * b].numpy()], dtype=np.float32)
+            cond["context"] = torch.from_numpy(picked)
         try:
             with ctx:
                 res = sample(model, sampler=sp["sampler"], batch_size=b, shape=shape,
@@ -364,7 +378,8 @@ def _sample_interpolant(cfg: dict, objective, path, rank: int, ctx) -> int:
     if rank != 0:
         return 0
     if sp["out"]:
-        saved = {"input_ids": x.cpu(), **({"y": labels} if labels is not None else {})}
+        saved = {"input_ids": x.cpu(), **({"y": labels} if labels is not None else {}),
+                 **({"context_row": rows} if rows is not None else {})}  # fmt: skip
         torch.save(saved, sp["out"])
     print(json.dumps({"checkpoint": path, "sampler": sp["sampler"], "shape": list(x.shape),
                       "nfe": nfe, "cfg_scale": sp["cfg_scale"], "out": sp["out"] or None,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import builtins
 import json
+import re
 
 import numpy as np
 import pytest
@@ -245,6 +246,43 @@ def test_cli_sample_interpolant(tmp_path, capsys):
     assert rc == 2 and "option 'sample.steps'" in capsys.readouterr().err
     rc = main(["sample", *base, "sample.sampler=ddpm"])
     assert rc == 2 and "'euler' or 'maskgit'" in capsys.readouterr().err
+
+
+def test_cli_sample_interpolant_text_conditioned(tmp_path, capsys, fresh_seed):
+    """``sample.context`` conditions sample i on embedding row i mod N: at s = 0 the samples do
+    not depend on the embeddings, under guidance they do."""
+    # lr 0.05 from the first step: two steps move the zero-initialised output layer
+    base = ["tiny-interpolant-uvit", "model.num_classes=0", "objective.num_classes=0",
+            "model.context_dim=5", "model.context_len=3", "train.steps=2", "train.warmup=0",
+            "train.lr=0.05", "train.batch_size=8", "train.progress=false",
+            f"train.out_dir={tmp_path}"]  # fmt: skip
+    assert main(["train", *base]) == 0
+    g = torch.Generator().manual_seed(fresh_seed)
+    np.save(tmp_path / "a.npy", (3 * torch.randn(3, 3, 5, generator=g)).numpy())
+    save_vq_tokens(tmp_path / "b.npz", torch.zeros(2, 8, 8, dtype=torch.long),
+                   context=3 * torch.randn(2, 3, 5, generator=g))  # fmt: skip
+
+    def run(ctx, scale):
+        out = tmp_path / "s.pt"
+        rc = main(["sample", *base, "sample.sampler=euler", "sample.steps=3", "sample.batch_size=4",
+                   "sample.num_batches=2", f"sample.cfg_scale={scale}", f"sample.out={out}",
+                   f"sample.context={tmp_path / ctx}"])  # fmt: skip
+        capsys.readouterr()
+        assert rc == 0
+        return torch.load(out)
+
+    a0, b0 = run("a.npy", 0), run("b.npz", 0)
+    assert torch.equal(a0["context_row"], torch.arange(8) % 3)
+    assert torch.equal(b0["context_row"], torch.arange(8) % 2)
+    assert torch.equal(a0["input_ids"], b0["input_ids"])
+    assert not torch.equal(run("a.npy", 3)["input_ids"], run("b.npz", 3)["input_ids"])
+    np.save(tmp_path / "flat.npy", np.zeros((4, 5), dtype=np.float32))
+    for name, code, err in (
+        ("flat.npy", 2, r"sample\.context must hold embeddings \[N, T, C\]"),  # bad option
+        ("none.npy", 1, r"sample\.context '.*none\.npy' not found"),  # missing file
+    ):
+        rc = main(["sample", *base, "sample.sampler=euler", f"sample.context={tmp_path / name}"])
+        assert rc == code and re.search(err, capsys.readouterr().err)
 
 
 def test_cpu_table_runs_at_tiny_settings(tmp_path):
