@@ -254,6 +254,8 @@ def _sample(args) -> int:
     import torch
 
     from mdfast import sampling
+    from mdfast.experiments import ConfigError
+    from mdfast.sampling.dispatch import INTERPOLANT_SAMPLERS
 
     rank, _, dev = _device(args)
     cfg, objective, path = _load_run(args, "sample", dev)
@@ -269,6 +271,12 @@ def _sample(args) -> int:
         raise FileNotFoundError(
             f"mdfast sample: objective '{name}' is not supported (mdlm, sedd and interpolant "
             "are); use mdfast.sampling or the objective's own sampler from Python"
+        )
+    if sp["sampler"] in INTERPOLANT_SAMPLERS:
+        valid = [n for n in sampling.sampler_names() if n not in INTERPOLANT_SAMPLERS]
+        raise ConfigError(
+            f"mdfast: sample.sampler '{sp['sampler']}' samples discrete interpolants; objective "
+            f"'{name}' takes one of {valid}"
         )
     model = objective.model
     time_conditioned = name == "sedd"

@@ -246,6 +246,12 @@ def test_cli_sample_interpolant(tmp_path, capsys):
     assert rc == 2 and "option 'sample.steps'" in capsys.readouterr().err
     rc = main(["sample", *base, "sample.sampler=ddpm"])
     assert rc == 2 and "'euler' or 'maskgit'" in capsys.readouterr().err
+    # and the other way round: an MDLM run is not sampled by an interpolant sampler
+    rc = main(["sample", "tiny-mdlm", f"train.out_dir={tmp_path / 'mdlm'}",
+               "model.random_init=true", "sample.sampler=maskgit"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 2 and "sample.sampler 'maskgit' samples discrete interpolants" in err
+    assert "ddpm_cache" in err
 
 
 def test_cli_sample_interpolant_text_conditioned(tmp_path, capsys, fresh_seed):
