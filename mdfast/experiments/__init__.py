@@ -90,7 +90,15 @@ def _sample_defaults(_: dict) -> dict:
             "noise_removal": True, "use_ema": True, "out": "", "precision": "auto",
             # ReMDM (eta < 0: the strategy's default), semi-AR windows, repeated batches
             "eta": -1.0, "t_on": 0.55, "t_off": 0.05, "alpha_on": 0.9,
-            "semi_ar": False, "stride_length": 0, "num_strides": 0, "num_batches": 1}  # fmt: skip
+            "semi_ar": False, "stride_length": 0, "num_strides": 0, "num_batches": 1,
+            # discrete interpolants (sampler euler | maskgit): guidance scale, the class of
+            # every sample (-1: classes 0, 1, ... in turn), text embeddings [N, T, C] (.npy, or
+            # .npz member context; sample i gets row i mod N), kappa ("" = the objective's), the
+            # Euler and MaskGIT options of mdfast.sampling.interpolant (null = "none")
+            "cfg_scale": 1.0, "label": -1, "context": "", "kappa": "", "t_min": 0.0,
+            "max_last": False,
+            "anneal_noise": None, "reveal": "linear", "randomize": "linear",
+            "r_temp": 4.5}  # fmt: skip
 
 
 _DEFAULTS = {
