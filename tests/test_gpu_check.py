@@ -95,7 +95,8 @@ def test_build_uses_the_system_compilers_unless_told_otherwise(tmp_path, monkeyp
 
 def _pytest_with_time_limit(tmp_path, test_code, *options):
     (tmp_path / "test_slow.py").write_text(test_code)
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "tools")}
+    path = [str(ROOT / "tools"), *filter(None, [os.environ.get("PYTHONPATH")])]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
     return subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "pytest_time_limit",
          *options, str(tmp_path / "test_slow.py")],
@@ -122,6 +123,26 @@ def test_time_limit_stand_in_ends_a_test_that_ignores_the_alarm(tmp_path):
     )
     assert r.returncode != 0
     assert "in test_stuck" in stacks.read_text()
+
+
+def test_time_limit_stand_in_under_xdist_fails_one_test_per_hang(tmp_path):
+    pytest.importorskip("xdist")
+    code = (
+        "import signal, time\n\ndef test_fast():\n    pass\n\ndef test_slow():\n"
+        "    time.sleep(60)\n\ndef test_stuck():\n"
+        "    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})\n    time.sleep(60)\n"
+        "\ndef test_after():\n    pass\n"
+    )
+    r = _pytest_with_time_limit(
+        tmp_path, code, "-n", "2", "--timeout", "2", "--timeout-hard", "5",
+        f"--junitxml={tmp_path / 'junit.xml'}",
+    )  # fmt: skip
+    counts = gpu_check.parse_junit(tmp_path / "junit.xml")
+    # the hung test's worker died: xdist reports it, the other tests ran on a fresh worker
+    assert (counts["passed"], counts["failed"] + counts["errors"]) == (2, 2), r.stdout + r.stderr
+    assert sorted(counts["failures"]) == ["test_slow::test_slow", "test_slow::test_stuck"]
+    assert "exceeded the per-test time limit of 2 s" in r.stdout
+    assert "crashed while running 'test_slow.py::test_stuck'" in r.stdout
 
 
 def test_parse_pytest_log_serial_and_xdist(tmp_path):
