@@ -178,10 +178,13 @@ def gen_ppl(
     context: int = 1024,
     autocast_dtype: torch.dtype | None = None,
     progress: bool = False,
+    prompts: Sequence[str] | None = None,
 ) -> dict:
     """Generative perplexity of ``texts`` under ``judge`` (module docstring: MDLM's recipe).
-    Returns ``{"gen_ppl", "nll" (nats per counted token), "tokens" (counted), "samples",
-    "nll_per_sample" (list), "tokens_per_sample" (list)}``."""
+    ``prompts`` (conditional generation): text i is judged as the continuation of prompt i, i.e.
+    on ``prompts[i] + texts[i]`` counting only the positions from the prompt's own token count
+    on (the mask rule applies within them). Returns ``{"gen_ppl", "nll" (nats per counted
+    token), "tokens" (counted), "samples", "nll_per_sample", "tokens_per_sample"}``."""
     if not texts:
         raise ValueError("mdfast: gen_ppl needs at least one text")
     if batch_size < 1 or context < 2 or max_length < 1:
@@ -189,15 +192,28 @@ def gen_ppl(
             "mdfast: gen_ppl needs batch_size >= 1, context >= 2 and max_length >= 1, got "
             f"{batch_size}, {context}, {max_length}"
         )
+    if prompts is not None and len(prompts) != len(texts):
+        raise ValueError(f"mdfast: gen_ppl got {len(prompts)} prompts for {len(texts)} texts")
     dev = judge.device
     per_nll, per_tok = [], []
     bar = _progress(len(texts), "gen PPL", progress)
     for start in range(0, len(texts), batch_size):
-        ids, attn = judge.encode(texts[start : start + batch_size], max_length)
+        batch = list(texts[start : start + batch_size])
+        skip = None
+        if prompts is not None:
+            pre = list(prompts[start : start + batch_size])
+            batch = [p + t for p, t in zip(pre, batch, strict=True)]
+            skip = judge.encode(pre, max_length)[1].sum(-1).to(dev)
+        ids, attn = judge.encode(batch, max_length)
         ids, attn = ids.to(dev), attn.to(dev)
+        keep = torch.ones_like(ids, dtype=torch.bool)
+        if skip is not None:
+            keep = torch.arange(ids.shape[1], device=dev)[None, :] >= skip[:, None]
         nll_sum = torch.zeros(ids.shape[0], dtype=torch.float64, device=dev)
         tok_sum = torch.zeros(ids.shape[0], dtype=torch.float64, device=dev)
-        for chunk, mask_chunk in zip(ids.split(context, -1), attn.split(context, -1), strict=True):
+        pieces = zip(ids.split(context, -1), attn.split(context, -1), keep.split(context, -1),
+                     strict=True)  # fmt: skip
+        for chunk, mask_chunk, keep_chunk in pieces:
             if chunk.shape[1] < 2:
                 continue
             amp = (torch.autocast(dev.type, dtype=autocast_dtype) if autocast_dtype is not None
@@ -207,7 +223,7 @@ def gen_ppl(
             nll = torch.nn.functional.cross_entropy(
                 logits[:, :-1].float().transpose(1, 2), chunk[:, 1:], reduction="none"
             )
-            w = token_mask(chunk, judge.eos_id)[:, 1:]
+            w = token_mask(chunk, judge.eos_id)[:, 1:] & keep_chunk[:, 1:]
             nll_sum += (nll.double() * w).sum(-1)
             tok_sum += w.sum(-1)
         per_nll += nll_sum.tolist()
@@ -304,5 +320,9 @@ def mauve(p_features, q_features, *, seed: int = 25, **kwargs) -> dict:
     if min(len(p), len(q)) < 2:
         raise ValueError("mdfast: MAUVE needs at least 2 features per set")
     res = mauve_text.compute_mauve(p_features=p, q_features=q, seed=seed, verbose=False, **kwargs)
-    return {"mauve": float(res.mauve), "frontier_integral": float(res.frontier_integral),
-            "num_buckets": int(res.num_buckets) if hasattr(res, "num_buckets") else None}  # fmt: skip
+    buckets = getattr(res, "num_buckets", None)
+    return {
+        "mauve": float(res.mauve),
+        "frontier_integral": float(res.frontier_integral),
+        "num_buckets": None if buckets is None else int(buckets),
+    }

@@ -33,6 +33,8 @@ Time runs on MDLM's grid t_k = linspace(1, eps, T + 1); a step goes t = t_k -> s
   SEDD's denoiser step (every masked position *samples* its token).
 * :func:`remdm` — ReMDM remasking (cap, rescale, conf, loop), the forward-backward corrector
   (``"fb"``) and the DFM corrector (``"dfm"``) on MDLM's cached chain with alpha_t = 1 - t.
+* :func:`ar_sample` — ancestral sampling of a causal (AR) model, KV-cached, each sample on its
+  own keyed stream (:mod:`mdfast.sampling.keyed`).
 * :func:`semi_ar` — semi-autoregressive generation; ``prefix=`` conditions any sampler on fixed
   leading tokens (carry-over keeps them; remasking never touches them).
 
@@ -44,6 +46,7 @@ from __future__ import annotations
 
 from mdfast.sampling import schedules
 from mdfast.sampling.ancestral import analytic, ddpm, ddpm_cache, first_hitting
+from mdfast.sampling.ar import ar_sample
 from mdfast.sampling.chain import SampleResult, grid_plan
 from mdfast.sampling.remdm import LOOP_DEFAULTS, REMDM_DEFAULTS, remdm, remdm_plan
 from mdfast.sampling.semi_ar import sample, semi_ar
@@ -53,6 +56,7 @@ __all__ = [
     "REMDM_DEFAULTS",
     "SampleResult",
     "analytic",
+    "ar_sample",
     "ddpm",
     "ddpm_cache",
     "first_hitting",

@@ -29,9 +29,7 @@ __all__ = ["ar_sample"]
 def _prefix(prefix, bos_index, batch_size, length, device) -> torch.Tensor:
     if prefix is None:
         if bos_index is None or bos_index < 0:
-            raise ValueError(
-                "mdfast: AR sampling needs a 'prefix' or a 'bos_index' to start from"
-            )
+            raise ValueError("mdfast: AR sampling needs a 'prefix' or a 'bos_index' to start from")
         prefix = torch.tensor([bos_index])
     prefix = torch.as_tensor(prefix, dtype=torch.int64, device=device)
     if prefix.dim() == 1:

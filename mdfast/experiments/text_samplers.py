@@ -1,0 +1,215 @@
+"""The samplers ``mdfast sample`` runs for the text objectives mdfast ships (registered by
+:mod:`mdfast.experiments.builtin`):
+
+* ``mdlm``: ``ddpm``, ``ddpm_cache``, ``first_hitting``, ReMDM ``remdm-{cap,rescale,conf,loop}``,
+  the forward-backward (``remdm-fb``) and DFM (``remdm-dfm``) correctors, semi-AR windows;
+* ``sedd``: ``analytic``, ``ddpm``, ``ddpm_cache`` and the ReMDM family, time-conditioned through
+  its sigma(t);
+* ``ar``: ``ar``, ancestral with temperature / top-k / top-p and a KV cache;
+* ``imdm``: ``imdm``, the ε-carrying ancestral step (:func:`imdm_ancestral`).
+
+Prefix and infix conditioning: fixed positions are written into the initial sequence and never
+remasked; AR takes a prefix only.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from mdfast import ops, sampling
+from mdfast.experiments.generation import SamplerEntry
+from mdfast.experiments.registry import ConfigError
+from mdfast.sampling.keyed import sample_rows, sample_seeds
+
+__all__ = ["ENTRIES", "imdm_ancestral"]
+
+_REMDM = tuple(f"remdm-{s}" for s in ("cap", "rescale", "conf", "loop", "fb", "dfm"))
+
+
+class _SigmaTime:
+    """Adapts a sigma-conditioned backbone (SEDD's DiT, a time-conditioned MDLM) to the
+    samplers' time argument."""
+
+    def __init__(self, model, schedule):
+        self.model, self.schedule = model, schedule
+
+    def hidden(self, x, t):
+        return self.model.trunk(x, self.schedule.sigma(t.float())[0])
+
+    def head(self, h):
+        return self.model.head(h)
+
+
+def _prefix(given: torch.Tensor | None, option_hint: str = "sample.infix"):
+    """The fixed leading tokens of ``given`` ([b, P]) or None; fixed tokens after a free
+    position are not a prefix."""
+    if given is None:
+        return None
+    fixed = given >= 0
+    P = int(fixed.all(0).int().cumprod(0).sum())
+    if bool(fixed[:, P:].any()):
+        raise ConfigError(
+            f"mdfast: {option_hint}: this sampler conditions on a prefix only (fixed tokens after "
+            "the first free position)"
+        )
+    return given[:, :P] if P else None
+
+
+def _masked_options(job, sampler: str, indices: list[int]) -> dict:
+    sp = job.sp
+    opts = {"batch_size": len(indices), "length": job.length, "steps": sp["steps"],
+            "mask_index": job.cfg["objective"]["mask_index"], "temperature": sp["temperature"],
+            "top_p": sp["top_p"], "top_k": sp["top_k"], "nucleus": sp["nucleus"],
+            "noise_removal": sp["noise_removal"], "device": job.device}  # fmt: skip
+    # one stream per batch, keyed by its first sample's global index
+    opts["seed"] = sample_seeds(sp["seed"], [indices[0]])[0]
+    if sp["schedule"]:
+        opts["schedule"] = sp["schedule"]
+    if sampler.startswith("remdm-"):
+        opts.update({k: sp[k] for k in ("t_on", "t_off", "alpha_on")})
+        if sp["eta"] >= 0:
+            opts["eta"] = sp["eta"]
+    return opts
+
+
+def _run_masked(job, sampler: str, given, indices):
+    """MDLM / SEDD: :func:`mdfast.sampling.sample` (or :func:`~mdfast.sampling.semi_ar`)."""
+    sp, model = job.sp, job.model
+    opts = _masked_options(job, sampler, indices)
+    timed = bool(job.cfg["model"].get("time_conditioning"))
+    if timed:
+        if sampler == "first_hitting":
+            raise ConfigError(
+                "mdfast: sample.sampler='first_hitting' needs a denoiser without time "
+                "conditioning (this model is time-conditioned)"
+            )
+        model = _SigmaTime(model, job.objective.schedule)
+        opts["time_conditioned"] = True
+    prefix = _prefix(given)
+    try:
+        if sp["semi_ar"]:
+            if prefix is not None:
+                raise ConfigError("mdfast: sample.semi_ar does not take conditioning tokens")
+            return sampling.semi_ar(model, sampler=sampler, stride_length=sp["stride_length"],
+                                    num_strides=sp["num_strides"], **opts)  # fmt: skip
+        return sampling.sample(model, sampler=sampler, prefix=prefix, **opts)
+    except ValueError as e:
+        if isinstance(e, ConfigError) or "argument '" not in str(e):
+            raise
+        raise ConfigError(str(e).replace("argument '", "option 'sample.")) from None
+
+
+def _run_ar(job, sampler: str, given, indices):
+    sp = job.sp
+    try:
+        return sampling.ar_sample(
+            job.model, batch_size=len(indices), length=job.length, seed=sp["seed"],
+            prefix=_prefix(given, "sample.prompt"), bos_index=job.bos_id if job.bos_id is not None
+            else 0, temperature=sp["temperature"], top_p=sp["top_p"], top_k=sp["top_k"],
+            nucleus=sp["nucleus"], exclude_index=job.cfg["objective"].get("exclude_index", -1),
+            kv_cache=sp["kv_cache"], sample_index=indices, device=job.device,
+        )  # fmt: skip
+    except ValueError as e:
+        if isinstance(e, ConfigError) or "argument '" not in str(e):
+            raise
+        raise ConfigError(str(e).replace("argument '", "option 'sample.")) from None
+
+
+@torch.no_grad()
+def imdm_ancestral(
+    backbone,
+    *,
+    length: int,
+    mask_index: int,
+    steps: int,
+    seed: int,
+    sample_index,
+    given=None,
+    schedule: str = "loglinear",
+    eps: float = 1e-5,
+    noise_removal: bool = True,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    nucleus: str = "remdm",
+    device=None,
+) -> sampling.SampleResult:
+    """IMDM's ancestral sampler (``IMDM.generate_samples``): masked positions carry a noise
+    vector eps in [-1, 1]^D x scale; at each step t -> s of linspace(1, eps, T + 1) a masked
+    position unmasks with (alpha_s - alpha_t)/(1 - alpha_t) (token from p_theta(.|x_t, eps)),
+    stays masked keeping eps with (alpha_t/alpha_s - alpha_t)/(1 - alpha_t), or stays masked
+    with a fresh eps with (1 - alpha_t/alpha_s)(1 - alpha_s)/(1 - alpha_t)
+    (:func:`mdfast.diffusion.imdm.imdm_posterior`); the denoiser output is reused while neither
+    x nor eps changed; the still-masked positions take the argmax at the end. Sample g's
+    uniforms, eps and token draws come from its own stream (:mod:`mdfast.sampling.keyed`)."""
+    from mdfast.diffusion.imdm import imdm_posterior
+    from mdfast.schedules import get_schedule
+
+    seeds = sample_seeds(seed, sample_index)
+    B, L, D = len(seeds), length, backbone.noise_dim
+    x = torch.full((B, L), mask_index, dtype=torch.int64, device=device)
+    if given is not None:
+        x = torch.where(given >= 0, given.to(x.device), x)
+    sched = get_schedule(schedule)
+
+    def uniforms(n: int, offset: int) -> torch.Tensor:
+        return torch.stack([ops.uniform((n,), s, offset, device=x.device) for s in seeds])
+
+    def fresh_eps(offset: int) -> torch.Tensor:
+        u = uniforms(L * D, offset).view(B, L, D).float()
+        return (2 * u - 1) * backbone.noise_scale
+
+    e = fresh_eps(0)
+    owner = torch.arange(B, device=x.device)[:, None].expand(B, L)
+    draw = {"temperature": temperature, "top_p": top_p, "top_k": top_k,
+            "exclude_index": mask_index, "nucleus": nucleus}  # fmt: skip
+    ts = torch.linspace(1.0, eps, steps + 1, dtype=torch.float64)
+    hidden, nfe = None, 0
+    for k in range(steps):
+        t, s = ts[k], ts[k + 1]
+        a_t, a_s = (float(sched.alpha(v)) for v in (t, s))
+        if hidden is None:
+            hidden, nfe = backbone.trunk(x, None, e), nfe + 1
+        p_unmask, p_keep, _ = (float(p) for p in imdm_posterior(a_t, a_s))
+        u = uniforms(L, 3 * k + 1)
+        masked = x == mask_index
+        unmask = masked & (u < p_unmask)
+        reset = masked & (u >= p_unmask + p_keep)
+        rows = unmask.reshape(-1).nonzero()[:, 0]
+        if rows.numel():
+            logits = backbone.head(hidden.reshape(-1, hidden.shape[-1])[rows])
+            tok, _ = sample_rows(logits, owner.reshape(-1)[rows], seeds, 3 * k + 2, **draw)
+            x.view(-1)[rows] = tok
+        if bool(reset.any()):
+            e = torch.where(reset[..., None], fresh_eps(3 * k + 3), e)
+        if rows.numel() or bool(reset.any()):
+            hidden = None
+    if noise_removal and bool((x == mask_index).any()):
+        if hidden is None:
+            hidden, nfe = backbone.trunk(x, None, e), nfe + 1
+        rows = (x == mask_index).reshape(-1).nonzero()[:, 0]
+        logits = backbone.head(hidden.reshape(-1, hidden.shape[-1])[rows])
+        tok, _ = sample_rows(logits, owner.reshape(-1)[rows], seeds, 3 * steps + 1,
+                             **{**draw, "temperature": 0.0})  # fmt: skip
+        x.view(-1)[rows] = tok
+    return sampling.SampleResult(x, nfe, steps, nfe * B)
+
+
+def _run_imdm(job, sampler: str, given, indices):
+    sp = job.sp
+    return imdm_ancestral(
+        job.model, length=job.length, mask_index=job.cfg["objective"]["mask_index"],
+        steps=sp["steps"], seed=sp["seed"], sample_index=indices, given=given,
+        schedule=sp["schedule"] or "loglinear", noise_removal=sp["noise_removal"],
+        temperature=sp["temperature"], top_p=sp["top_p"], top_k=sp["top_k"],
+        nucleus=sp["nucleus"], device=job.device,
+    )  # fmt: skip
+
+
+ENTRIES = {
+    "mdlm": SamplerEntry(("ddpm_cache", "ddpm", "first_hitting", *_REMDM), "ddpm_cache",
+                         _run_masked),
+    "sedd": SamplerEntry(("analytic", "ddpm", "ddpm_cache", *_REMDM), "analytic", _run_masked),
+    "ar": SamplerEntry(("ar",), "ar", _run_ar, conditioning="prefix"),
+    "imdm": SamplerEntry(("imdm",), "imdm", _run_imdm),
+}  # fmt: skip
