@@ -223,7 +223,8 @@ class _Conditioning:
                 P = self.sp["prefix_len"]
                 given[i, :P] = full[:P]
                 extra = {"cond_row": row, "reference_ids": full[P : self.length].tolist()}
-            extra["prefix_ids"] = given[i][: (given[i] >= 0).int().argmin().item() or None].tolist()
+            lead = int((given[i] >= 0).int().cumprod(0).sum())  # leading fixed positions
+            extra["prefix_ids"] = given[i][:lead].tolist()
             extra["fixed"] = (given[i] >= 0).nonzero()[:, 0].tolist()
             extras.append(extra)
         return given, extras
@@ -297,10 +298,10 @@ def run_sample(cfg: dict, objective, path, device, rank: int = 0, world: int = 1
             os.remove(jsonl)
         if os.path.exists(jsonl):
             for r in read_samples(jsonl, repair=True):
-                mine = {**header, "settings": settings}
-                theirs = {k: r.get(k) for k in mine}
-                if theirs != mine:
-                    diff = sorted(k for k in mine if theirs[k] != mine[k])
+                diff = [k for k in header if r.get(k) != header[k]]
+                theirs = r.get("settings") or {}
+                diff += [f"sample.{k}" for k in settings if theirs.get(k) != settings[k]]
+                if diff:
                     raise FileExistsError(
                         f"mdfast: sample.out '{jsonl}' holds samples drawn with other settings "
                         f"(differing: {diff}); pass another sample.out or sample.overwrite=true"

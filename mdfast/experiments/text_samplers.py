@@ -41,8 +41,8 @@ class _SigmaTime:
 
 
 def _prefix(given: torch.Tensor | None, option_hint: str = "sample.infix"):
-    """The fixed leading tokens of ``given`` ([b, P]) or None; fixed tokens after a free
-    position are not a prefix."""
+    """The fixed leading tokens of ``given`` ([b, P]) or None (for AR, which conditions on a
+    prefix only)."""
     if given is None:
         return None
     fixed = given >= 0
@@ -85,7 +85,10 @@ def _run_masked(job, sampler: str, given, indices):
             )
         model = _SigmaTime(model, job.objective.schedule)
         opts["time_conditioned"] = True
-    prefix = _prefix(given)
+    prefix = None  # the samplers' template: token ids, -1 where free (up to the last fixed)
+    if given is not None:
+        last = int((given >= 0).any(0).nonzero().max()) + 1
+        prefix = given[:, :last]
     try:
         if sp["semi_ar"]:
             if prefix is not None:

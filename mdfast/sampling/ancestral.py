@@ -42,7 +42,7 @@ def ddpm(
     probability (alpha_s - alpha_t)/(1 - alpha_t) to a token drawn from the denoiser's x0
     distribution (mask class excluded), decoded positions carry over; one denoiser call per step,
     then (``noise_removal``) the argmax of the remaining masked positions at t = eps."""
-    den, rng, x, P, opts = _common(
+    den, rng, x, fixed, opts = _common(
         model,
         batch_size,
         length,
@@ -57,7 +57,7 @@ def ddpm(
         nucleus,
     )
     plan = grid_plan(steps, schedule, eps)
-    x, _ = _chain(den, x, plan, opts=opts, rng=rng, cache=False, prefix_len=P)
+    x, _ = _chain(den, x, plan, opts=opts, rng=rng, cache=False, fixed=fixed)
     if noise_removal:
         _noise_removal(den, None, x, plan[-1][1], opts, rng)
     return SampleResult(x, den.calls, len(plan), den.sequences)
@@ -91,7 +91,7 @@ def ddpm_cache(
     calls is about T (1 - exp(-L / T)). ``per_row_cache=True`` (KV-free, per sequence) re-runs
     the denoiser only on the batch rows whose x changed and writes them into its previous output
     (the denoiser must treat batch rows independently and return a fresh tensor)."""
-    den, rng, x, P, opts = _common(
+    den, rng, x, fixed, opts = _common(
         model,
         batch_size,
         length,
@@ -113,7 +113,7 @@ def ddpm_cache(
         opts=opts,
         rng=rng,
         cache=not time_conditioned,
-        prefix_len=P,
+        fixed=fixed,
         per_row=per_row_cache,
     )
     if noise_removal:
@@ -224,7 +224,7 @@ def analytic(
     """SEDD's analytic sampler for the absorbing graph (see the module docstring: its posterior
     is the ddpm step), time-conditioned by default, ending with SEDD's denoiser step that
     samples every still-masked position from p_theta."""
-    den, rng, x, P, opts = _common(
+    den, rng, x, fixed, opts = _common(
         model,
         batch_size,
         length,
@@ -239,7 +239,7 @@ def analytic(
         nucleus,
     )
     plan = grid_plan(steps, schedule, eps)
-    x, out = _chain(den, x, plan, opts=opts, rng=rng, cache=not time_conditioned, prefix_len=P)
+    x, out = _chain(den, x, plan, opts=opts, rng=rng, cache=not time_conditioned, fixed=fixed)
     if noise_removal:
         _noise_removal(
             den, out if not time_conditioned else None, x, plan[-1][1], opts, rng, sample=True

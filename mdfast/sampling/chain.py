@@ -74,10 +74,14 @@ class _Opts:
     nucleus: str
 
 
-def _init_x(batch_size, length, mask_index, prefix, device) -> tuple[torch.Tensor, int]:
+def _init_x(batch_size, length, mask_index, prefix, device):
+    """The all-mask x [B, L] with the fixed tokens written in, and the bool [B, L] mask of the
+    fixed positions (None without any). ``prefix``: [P] or [B, P] token ids; an entry -1 is a
+    free position, so a template with fixed tokens anywhere in its first P positions conditions
+    on an infix as well."""
     x = torch.full((batch_size, length), mask_index, dtype=torch.int64, device=device)
     if prefix is None:
-        return x, 0
+        return x, None
     prefix = torch.as_tensor(prefix, dtype=torch.int64, device=device)
     if prefix.dim() == 1:
         prefix = prefix.expand(batch_size, -1)
@@ -87,10 +91,13 @@ def _init_x(batch_size, length, mask_index, prefix, device) -> tuple[torch.Tenso
             "mdfast: argument 'prefix' must be [P] or [B, P] with P <= length, "
             f"got {list(prefix.shape)}"
         )
-    if bool((prefix == mask_index).any()):
-        raise ValueError("mdfast: argument 'prefix' must not contain the mask id")
-    x[:, :P] = prefix
-    return x, P
+    if bool((prefix == mask_index).any()) or bool((prefix < -1).any()):
+        raise ValueError("mdfast: argument 'prefix' must hold token ids (or -1 for free positions),"
+                         " never the mask id")  # fmt: skip
+    fixed = torch.zeros((batch_size, length), dtype=torch.bool, device=x.device)
+    fixed[:, :P] = prefix >= 0
+    x[:, :P] = torch.where(prefix >= 0, prefix, mask_index)
+    return x, fixed
 
 
 def _draw_rows(den, out, x, rows, opts, rng, conf=None):
@@ -134,9 +141,10 @@ def _noise_removal(den, out, x, t_final, opts, rng, sample: bool = False):
     return out
 
 
-def _chain(den, x, plan, *, opts, rng, cache, prefix_len, conf_mode=False, per_row=False):
+def _chain(den, x, plan, *, opts, rng, cache, fixed, conf_mode=False, per_row=False):
     """Run reverse steps ``plan`` = [(t, s, alpha_t, alpha_s, sigma)] with sigma None (MDLM),
-    a float, or (conf_mode) sigma_max of ReMDM-conf. Returns (x, last denoiser output or None).
+    a float, or (conf_mode) sigma_max of ReMDM-conf; ``fixed`` (bool [B, L] or None): positions
+    never remasked (conditioning tokens). Returns (x, last denoiser output or None).
     ``per_row``: refresh the cached output only for the batch rows whose x changed (written in
     place into the denoiser's previous output)."""
     out = None
@@ -157,10 +165,9 @@ def _chain(den, x, plan, *, opts, rng, cache, prefix_len, conf_mode=False, per_r
             with _nvtx("remask"):
                 w = torch.softmax(conf, dim=1).nan_to_num(0.0)  # rows with nothing decoded: 0
                 remask = w.to(torch.float64) * sigma
-        if prefix_len and remask is not None:
+        if fixed is not None and remask is not None:
             remask = torch.as_tensor(remask, dtype=torch.float64, device=x.device)
-            remask = remask.expand(x.shape).clone()
-            remask[:, :prefix_len] = 0.0
+            remask = remask.expand(x.shape).masked_fill(fixed, 0.0)
         if remask is not None and not torch.is_tensor(remask) and remask == 0.0:
             remask = None
         with _nvtx("cache.reuse" if reuse else "sample"):

@@ -63,7 +63,7 @@ def remdm(
         eta = REMDM_DEFAULTS.get(strategy, 0.0)
     if not 0.0 <= eta <= 1.0:
         raise ValueError(f"mdfast: argument 'eta' must be in [0, 1], got {eta}")
-    den, rng, x, P, opts = _common(
+    den, rng, x, fixed, opts = _common(
         model,
         batch_size,
         length,
@@ -86,7 +86,7 @@ def remdm(
         opts=opts,
         rng=rng,
         cache=not time_conditioned,
-        prefix_len=P,
+        fixed=fixed,
         conf_mode=strategy == "conf",
         per_row=per_row_cache,
     )
