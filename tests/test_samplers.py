@@ -477,3 +477,27 @@ def test_nvtx_flag_and_bad_arguments(joint, monkeypatch):
         sampling.sample(model, sampler="euler", steps=3, **kw)
     with pytest.raises(ValueError, match="'prefix'"):
         sampling.ddpm(model, steps=3, prefix=torch.tensor([MASK]), **kw)
+
+
+# ------------------------------------------------------------------------------- keyed samples
+
+
+@pytest.mark.parametrize(
+    ("sampler", "split"),
+    [("ddpm_cache", False), ("ddpm_cache", True), ("first_hitting", False), ("remdm-cap", True)],
+)
+def test_keyed_samples_draw_the_exact_law_and_ignore_the_batch(joint, sampler, split, fresh_seed):
+    """``sample_index``: sample g on its own stream (mdfast.sampling.keyed). The chain's law
+    holds (chi-square, 3000 samples) and a sample does not depend on the batch it is drawn in."""
+    table, model = joint
+    model = SplitDenoiser(table) if split else model
+    kw = {"eta": 0.3} if sampler == "remdm-cap" else {}
+    plan = sampling.remdm_plan("cap", STEPS, **kw) if kw else sampling.grid_plan(STEPS, "linear")
+    law = _chain_law(model.cond, plan)
+    n, seed = 3000, fresh_seed % 2**40
+    opts = {"sampler": sampler, "length": L, "mask_index": MASK, "steps": STEPS, "seed": seed, **kw}
+    res = sampling.sample(model, batch_size=n, sample_index=range(n), **opts)
+    ok, p = _chi2_ok(res.x, law)
+    assert ok, p
+    part = sampling.sample(model, batch_size=3, sample_index=[5, 17, 2999], **opts)
+    assert torch.equal(part.x, res.x[[5, 17, 2999]])

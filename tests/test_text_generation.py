@@ -117,11 +117,16 @@ def test_same_seed_same_jsonl_and_resume(tmp_path, capsys):
     summary = run(tmp_path / "c.jsonl")
     assert summary["resumed"] == 4 and summary["written"] == 2
     assert strip(_lines(tmp_path / "c.jsonl")) == strip(a)
-    # AR: each sample on its own stream, so the batch size does not matter
-    run(tmp_path / "d.jsonl", n=5, bs=2, preset="tiny-ar", sampler="ar")
-    run(tmp_path / "e.jsonl", n=5, bs=3, preset="tiny-ar", sampler="ar")
-    ids = [[r["ids"] for r in _lines(tmp_path / f)] for f in ("d.jsonl", "e.jsonl")]
-    assert ids[0] == ids[1]
+    # each sample on its own stream: the batch size does not change the samples
+    for preset, sampler in (("tiny-ar", "ar"), ("tiny-mdlm", "first_hitting"),
+                            ("tiny-mdlm", "remdm-loop"), ("tiny-sedd", "analytic"),
+                            ("tiny-imdm", "imdm")):  # fmt: skip
+        run(tmp_path / "d.jsonl", n=5, bs=2, preset=preset, sampler=sampler)
+        run(tmp_path / "e.jsonl", n=5, bs=3, preset=preset, sampler=sampler)
+        ids = [[r["ids"] for r in _lines(tmp_path / f)] for f in ("d.jsonl", "e.jsonl")]
+        assert ids[0] == ids[1], (preset, sampler)
+        (tmp_path / "d.jsonl").unlink()
+        (tmp_path / "e.jsonl").unlink()
 
 
 @pytest.fixture(scope="module")

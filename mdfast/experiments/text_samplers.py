@@ -61,8 +61,8 @@ def _masked_options(job, sampler: str, indices: list[int]) -> dict:
             "mask_index": job.cfg["objective"]["mask_index"], "temperature": sp["temperature"],
             "top_p": sp["top_p"], "top_k": sp["top_k"], "nucleus": sp["nucleus"],
             "noise_removal": sp["noise_removal"], "device": job.device}  # fmt: skip
-    # one stream per batch, keyed by its first sample's global index
-    opts["seed"] = sample_seeds(sp["seed"], [indices[0]])[0]
+    # every sample on its own stream, keyed by its global index: batch-size independent
+    opts["seed"], opts["sample_index"] = sp["seed"], list(indices)
     if sp["schedule"]:
         opts["schedule"] = sp["schedule"]
     if sampler.startswith("remdm-"):

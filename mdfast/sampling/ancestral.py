@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from mdfast import ops
-from mdfast.sampling import schedules
+from mdfast.sampling import keyed, schedules
 from mdfast.sampling.chain import (
     SampleResult,
     _chain,
@@ -36,6 +36,7 @@ def ddpm(
     nucleus: str = "remdm",
     prefix=None,
     time_conditioned: bool = False,
+    sample_index=None,
     device=None,
 ) -> SampleResult:
     """MDLM ancestral sampling (D3PM): for each step t -> s, every masked position unmasks with
@@ -55,6 +56,7 @@ def ddpm(
         top_p,
         top_k,
         nucleus,
+        sample_index,
     )
     plan = grid_plan(steps, schedule, eps)
     x, _ = _chain(den, x, plan, opts=opts, rng=rng, cache=False, fixed=fixed)
@@ -81,6 +83,7 @@ def ddpm_cache(
     prefix=None,
     time_conditioned: bool = False,
     per_row_cache: bool = False,
+    sample_index=None,
     device=None,
 ) -> SampleResult:
     """MDLM's cached sampler: the ddpm chain, calling the denoiser only when x changed since the
@@ -104,6 +107,7 @@ def ddpm_cache(
         top_p,
         top_k,
         nucleus,
+        sample_index,
     )
     plan = grid_plan(steps, schedule, eps)
     x, out = _chain(
@@ -137,6 +141,7 @@ def first_hitting(
     top_k: int = 0,
     nucleus: str = "remdm",
     prefix=None,
+    sample_index=None,
     device=None,
 ) -> SampleResult:
     """First-hitting sampler: the :func:`ddpm_cache` chain on the same grid and schedule, in
@@ -157,6 +162,7 @@ def first_hitting(
         top_p,
         top_k,
         nucleus,
+        sample_index,
     )
     grid = _grid(steps, eps)
     times = [grid[0][0]] + [s for _, s in grid]
@@ -169,7 +175,13 @@ def first_hitting(
     # Every masked position's unmask step, drawn once: positions never remask and the event
     # times do not depend on the tokens, only the draws at each event do.
     pos = (x == mask_index).reshape(-1).nonzero()[:, 0]
-    u = ops.uniform((pos.numel(),), *rng.next(), device=x.device)
+    if opts.seeds is None:
+        u = ops.uniform((pos.numel(),), *rng.next(), device=x.device)
+    else:  # keyed: sample b's uniforms from its stream, and event step k draws at offset base + k
+        _, off = rng.next()
+        u = torch.stack([ops.uniform((L,), s, off, device=x.device) for s in opts.seeds])
+        u = u.reshape(-1)[pos]
+        _, base = rng.next(T)
     j = T + 1 - torch.searchsorted(m_rev, u * m[0], side="left")  # first j: m_j < u m_0
     fires = j <= T
     pos, j = pos[fires], j[fires]
@@ -184,16 +196,11 @@ def first_hitting(
         local = torch.searchsorted(seqs, fire // L) * L + fire % L
         with _nvtx("sample"):
             logits = den.rows(out, local)
-            tok, _ = ops.sample_x0(
-                logits,
-                None,
-                temperature=opts.temperature,
-                top_p=opts.top_p,
-                top_k=opts.top_k,
-                exclude_index=opts.mask_index,
-                nucleus=opts.nucleus,
-                **_rng_kw(rng),
-            )
+            if opts.seeds is None:
+                tok, _ = ops.sample_x0(logits, None, **opts.draw(), **_rng_kw(rng))
+            else:
+                tok, _ = keyed.sample_rows(logits, fire // L, opts.seeds, base + step - 1,
+                                           **opts.draw())  # fmt: skip
             x.view(-1)[fire] = tok
         events += 1
     out = None
@@ -219,6 +226,7 @@ def analytic(
     nucleus: str = "remdm",
     prefix=None,
     time_conditioned: bool = True,
+    sample_index=None,
     device=None,
 ) -> SampleResult:
     """SEDD's analytic sampler for the absorbing graph (see the module docstring: its posterior
@@ -237,6 +245,7 @@ def analytic(
         top_p,
         top_k,
         nucleus,
+        sample_index,
     )
     plan = grid_plan(steps, schedule, eps)
     x, out = _chain(den, x, plan, opts=opts, rng=rng, cache=not time_conditioned, fixed=fixed)

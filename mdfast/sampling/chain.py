@@ -13,7 +13,7 @@ import torch
 
 from mdfast import ops
 from mdfast.rng import PhiloxStream
-from mdfast.sampling import schedules
+from mdfast.sampling import keyed, schedules
 
 
 @dataclass
@@ -72,6 +72,13 @@ class _Opts:
     top_p: float
     top_k: int
     nucleus: str
+    seeds: list | None = None  # per-sample streams (keyed mode), see mdfast.sampling.keyed
+
+    def draw(self, temperature: float | None = None) -> dict:
+        """The draw options of :func:`mdfast.ops.sample_x0` (mask class excluded)."""
+        return {"temperature": self.temperature if temperature is None else temperature,
+                "top_p": self.top_p, "top_k": self.top_k, "exclude_index": self.mask_index,
+                "nucleus": self.nucleus}  # fmt: skip
 
 
 def _init_x(batch_size, length, mask_index, prefix, device):
@@ -100,19 +107,18 @@ def _init_x(batch_size, length, mask_index, prefix, device):
     return x, fixed
 
 
+def _sample_rows(logits, rows, L, opts, rng, temperature=None):
+    """sample_x0 of logits rows of flattened positions ``rows``: one call on the batch's stream,
+    or (keyed mode) per sample on its own stream; either way one offset of ``rng``."""
+    if opts.seeds is None:
+        return ops.sample_x0(logits, None, **opts.draw(temperature), **_rng_kw(rng))
+    _, offset = rng.next()
+    return keyed.sample_rows(logits, rows // L, opts.seeds, offset, **opts.draw(temperature))
+
+
 def _draw_rows(den, out, x, rows, opts, rng, conf=None):
     """Draw x0 for flattened positions ``rows`` of x (in place) from a denoiser output."""
-    logits = den.rows(out, rows)
-    tok, prob = ops.sample_x0(
-        logits,
-        None,
-        temperature=opts.temperature,
-        top_p=opts.top_p,
-        top_k=opts.top_k,
-        exclude_index=opts.mask_index,
-        nucleus=opts.nucleus,
-        **_rng_kw(rng),
-    )
+    tok, prob = _sample_rows(den.rows(out, rows), rows, x.shape[1], opts, rng)
     x.view(-1)[rows] = tok
     if conf is not None:
         conf.view(-1)[rows] = -prob
@@ -126,19 +132,18 @@ def _noise_removal(den, out, x, t_final, opts, rng, sample: bool = False):
         return out
     if out is None:
         out = den(x, t_final)
-    logits = den.rows(out, rows)
-    tok, _ = ops.sample_x0(
-        logits,
-        None,
-        temperature=opts.temperature if sample else 0.0,
-        top_p=opts.top_p,
-        top_k=opts.top_k,
-        exclude_index=opts.mask_index,
-        nucleus=opts.nucleus,
-        **_rng_kw(rng),
-    )
+    temperature = None if sample else 0.0
+    tok, _ = _sample_rows(den.rows(out, rows), rows, x.shape[1], opts, rng, temperature)
     x.view(-1)[rows] = tok
     return out
+
+
+def _mask_step(x, logits, opts, rng, **kw):
+    """:func:`mdfast.ops.mask_step` on the batch's stream, or (keyed mode) per sample."""
+    if opts.seeds is None:
+        return ops.mask_step(x, logits, mask_index=opts.mask_index, **kw, **_rng_kw(rng))
+    _, offset = rng.next()
+    return keyed.mask_step_rows(x, logits, opts.seeds, offset, mask_index=opts.mask_index, **kw)
 
 
 def _chain(den, x, plan, *, opts, rng, cache, fixed, conf_mode=False, per_row=False):
@@ -172,34 +177,18 @@ def _chain(den, x, plan, *, opts, rng, cache, fixed, conf_mode=False, per_row=Fa
             remask = None
         with _nvtx("cache.reuse" if reuse else "sample"):
             if den.split:
-                x_next, changed, conf_new = ops.mask_step(
-                    x,
-                    None,
-                    mask_index=opts.mask_index,
-                    alpha_t=a_t,
-                    alpha_s=a_s,
-                    remask=remask,
-                    confidence=conf,
-                    **_rng_kw(rng),
+                x_next, changed, conf_new = _mask_step(
+                    x, None, opts, rng, alpha_t=a_t, alpha_s=a_s, remask=remask, confidence=conf
                 )
                 rows = (changed & (x == opts.mask_index)).reshape(-1).nonzero()[:, 0]
-                if rows.numel():
+                if rows.numel() or opts.seeds is not None:  # keyed: the same offsets always
                     _draw_rows(den, out, x_next, rows, opts, rng, conf_new if conf_mode else None)
             else:
-                x_next, changed, conf_new = ops.mask_step(
-                    x,
-                    out,
-                    mask_index=opts.mask_index,
-                    alpha_t=a_t,
-                    alpha_s=a_s,
-                    remask=remask,
-                    confidence=conf,
-                    temperature=opts.temperature,
-                    top_p=opts.top_p,
-                    top_k=opts.top_k,
+                x_next, changed, conf_new = _mask_step(
+                    x, out, opts, rng, alpha_t=a_t, alpha_s=a_s, remask=remask, confidence=conf,
+                    temperature=opts.temperature, top_p=opts.top_p, top_k=opts.top_k,
                     nucleus=opts.nucleus,
-                    **_rng_kw(rng),
-                )
+                )  # fmt: skip
         if conf_mode:
             conf = conf_new
         if not cache:
@@ -240,13 +229,22 @@ def _common(
     top_p,
     top_k,
     nucleus,
+    sample_index=None,
 ):
     den = _Denoiser(model, time_conditioned)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"mdfast: argument 'seed' must be a non-negative int, got {seed!r}")
     rng = PhiloxStream(seed)
     x, P = _init_x(batch_size, length, mask_index, prefix, device)
-    opts = _Opts(mask_index, temperature, top_p, top_k, nucleus)
+    seeds = None
+    if sample_index is not None:
+        seeds = keyed.sample_seeds(seed, sample_index)
+        if len(seeds) != batch_size:
+            raise ValueError(
+                f"mdfast: argument 'sample_index' must hold batch_size={batch_size} indices, got "
+                f"{len(seeds)}"
+            )
+    opts = _Opts(mask_index, temperature, top_p, top_k, nucleus, seeds)
     return den, rng, x, P, opts
 
 

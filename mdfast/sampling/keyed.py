@@ -17,7 +17,7 @@ import torch
 
 from mdfast import ops
 
-__all__ = ["sample_rows", "sample_seed", "sample_seeds"]
+__all__ = ["mask_step_rows", "sample_rows", "sample_seed", "sample_seeds"]
 
 
 @functools.lru_cache(maxsize=65536)
@@ -52,3 +52,18 @@ def sample_rows(logits: torch.Tensor, owner: torch.Tensor, seeds: list[int], off
         tokens[start : start + n], probs[start : start + n] = tok, prob
         start += n
     return tokens, probs
+
+
+def mask_step_rows(x, logits, seeds: list[int], offset: int, *, remask=None, confidence=None,
+                   **kw):  # fmt: skip
+    """:func:`mdfast.ops.mask_step` with batch row b on its own stream (``seeds[b]``,
+    ``offset``): one call per row (position l of row b is element l of its call). ``remask``: None,
+    a scalar or [B, L]; ``confidence``: None or [B, L]. Returns (x_next, changed, confidence)."""
+    outs = []
+    for b, seed in enumerate(seeds):
+        r = remask[b : b + 1] if torch.is_tensor(remask) and remask.dim() == 2 else remask
+        c = None if confidence is None else confidence[b : b + 1]
+        z = None if logits is None else logits[b : b + 1]
+        outs.append(ops.mask_step(x[b : b + 1], z, remask=r, confidence=c, seed=seed,
+                                  offset=offset, **kw))  # fmt: skip
+    return tuple(torch.cat(parts) for parts in zip(*outs, strict=True))

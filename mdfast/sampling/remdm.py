@@ -32,6 +32,7 @@ def remdm(
     prefix=None,
     time_conditioned: bool = False,
     per_row_cache: bool = False,
+    sample_index=None,
     device=None,
 ) -> SampleResult:
     """ReMDM samplers on MDLM's cached chain with alpha_t = 1 - t. A decoded position remasks
@@ -76,6 +77,7 @@ def remdm(
         top_p,
         top_k,
         nucleus,
+        sample_index,
     )
     plan = remdm_plan(strategy, steps, eta=eta, t_on=t_on, t_off=t_off, alpha_on=alpha_on, eps=eps)
     grid_end = plan[-1][1]
