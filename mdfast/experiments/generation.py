@@ -12,7 +12,7 @@ Samplers are looked up per objective in :data:`mdfast.experiments.registry.SAMPL
 :class:`SamplerEntry` per objective, registered with
 :func:`~mdfast.experiments.registry.register_sampler`), so an experiment adds its objective's
 sampler with one registration. Sample g draws its noise from its own stream keyed by (seed, g)
-(:mod:`mdfast.sampling.keyed`), so the samples do not depend on the batch size, on the number of
+(:class:`mdfast.rng.SampleCursor`), so the samples do not depend on the batch size, on the number of
 torchrun ranks or on where a resumed run restarted.
 
 Resuming: the file is appended one batch at a time (flushed and fsynced); a rerun of the same

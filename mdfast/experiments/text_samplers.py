@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import torch
 
-from mdfast import ops, sampling
+from mdfast import sampling
 from mdfast.experiments.generation import SamplerEntry
 from mdfast.experiments.registry import ConfigError
-from mdfast.sampling.keyed import sample_rows, sample_seeds
+from mdfast.rng import SampleCursor
+from mdfast.sampling.chain import sample_x0_rows
+from mdfast.sampling.settings import SamplerSettings
 
 __all__ = ["ENTRIES", "imdm_ancestral"]
 
@@ -61,7 +63,7 @@ def _masked_options(job, sampler: str, indices: list[int]) -> dict:
             "mask_index": job.cfg["objective"]["mask_index"], "temperature": sp["temperature"],
             "top_p": sp["top_p"], "top_k": sp["top_k"], "nucleus": sp["nucleus"],
             "noise_removal": sp["noise_removal"], "device": job.device}  # fmt: skip
-    # every sample on its own stream, keyed by its global index: batch-size independent
+    # every sample on its own keyed stream (mdfast.rng.SampleCursor): batch-size independent
     opts["seed"], opts["sample_index"] = sp["seed"], list(indices)
     if sp["schedule"]:
         opts["schedule"] = sp["schedule"]
@@ -110,7 +112,7 @@ def _run_ar(job, sampler: str, given, indices):
             prefix=_prefix(given, "sample.prompt"), bos_index=job.bos_id if job.bos_id is not None
             else 0, temperature=sp["temperature"], top_p=sp["top_p"], top_k=sp["top_k"],
             nucleus=sp["nucleus"], exclude_index=job.cfg["objective"].get("exclude_index", -1),
-            kv_cache=sp["kv_cache"], sample_index=indices, device=job.device,
+            kv_cache=sp["kv_cache"], sample_index=list(indices), device=job.device,
         )  # fmt: skip
     except ValueError as e:
         if isinstance(e, ConfigError) or "argument '" not in str(e):
@@ -144,28 +146,27 @@ def imdm_ancestral(
     with a fresh eps with (1 - alpha_t/alpha_s)(1 - alpha_s)/(1 - alpha_t)
     (:func:`mdfast.diffusion.imdm.imdm_posterior`); the denoiser output is reused while neither
     x nor eps changed; the still-masked positions take the argmax at the end. Sample g's
-    uniforms, eps and token draws come from its own stream (:mod:`mdfast.sampling.keyed`)."""
+    uniforms, eps and token draws come from its keyed stream (:class:`mdfast.rng.SampleCursor`:
+    step 0 the initial eps, then per step k the events, the tokens and the fresh eps)."""
     from mdfast.diffusion.imdm import imdm_posterior
     from mdfast.schedules import get_schedule
 
-    seeds = sample_seeds(seed, sample_index)
-    B, L, D = len(seeds), length, backbone.noise_dim
+    B, L, D = len(sample_index), length, backbone.noise_dim
+    st = SamplerSettings(batch_size=B, length=L, mask_index=mask_index, steps=steps, seed=seed,
+                         eps=eps, temperature=temperature, top_p=top_p, top_k=top_k,
+                         nucleus=nucleus, sample_index=sample_index)  # fmt: skip
+    cursor = SampleCursor(seed, st.sample_index)
     x = torch.full((B, L), mask_index, dtype=torch.int64, device=device)
     if given is not None:
         x = torch.where(given >= 0, given.to(x.device), x)
     sched = get_schedule(schedule)
 
-    def uniforms(n: int, offset: int) -> torch.Tensor:
-        return torch.stack([ops.uniform((n,), s, offset, device=x.device) for s in seeds])
+    def fresh_eps() -> torch.Tensor:  # one cursor step, drawn or not, so offsets stay keyed
+        key = cursor.next()
+        return lambda: (2 * key.uniform(cursor.purpose, (L, D), dtype=torch.float32,
+                                        device=x.device) - 1) * backbone.noise_scale  # fmt: skip
 
-    def fresh_eps(offset: int) -> torch.Tensor:
-        u = uniforms(L * D, offset).view(B, L, D).float()
-        return (2 * u - 1) * backbone.noise_scale
-
-    e = fresh_eps(0)
-    owner = torch.arange(B, device=x.device)[:, None].expand(B, L)
-    draw = {"temperature": temperature, "top_p": top_p, "top_k": top_k,
-            "exclude_index": mask_index, "nucleus": nucleus}  # fmt: skip
+    e = fresh_eps()()
     ts = torch.linspace(1.0, eps, steps + 1, dtype=torch.float64)
     hidden, nfe = None, 0
     for k in range(steps):
@@ -174,17 +175,16 @@ def imdm_ancestral(
         if hidden is None:
             hidden, nfe = backbone.trunk(x, None, e), nfe + 1
         p_unmask, p_keep, _ = (float(p) for p in imdm_posterior(a_t, a_s))
-        u = uniforms(L, 3 * k + 1)
+        u = cursor.next().uniform(cursor.purpose, L, device=x.device)
         masked = x == mask_index
         unmask = masked & (u < p_unmask)
         reset = masked & (u >= p_unmask + p_keep)
         rows = unmask.reshape(-1).nonzero()[:, 0]
-        if rows.numel():
-            logits = backbone.head(hidden.reshape(-1, hidden.shape[-1])[rows])
-            tok, _ = sample_rows(logits, owner.reshape(-1)[rows], seeds, 3 * k + 2, **draw)
-            x.view(-1)[rows] = tok
+        logits = backbone.head(hidden.reshape(-1, hidden.shape[-1])[rows])
+        x.view(-1)[rows], _ = sample_x0_rows(logits, rows, L, st, cursor)
+        redraw = fresh_eps()
         if bool(reset.any()):
-            e = torch.where(reset[..., None], fresh_eps(3 * k + 3), e)
+            e = torch.where(reset[..., None], redraw(), e)
         if rows.numel() or bool(reset.any()):
             hidden = None
     if noise_removal and bool((x == mask_index).any()):
@@ -192,9 +192,7 @@ def imdm_ancestral(
             hidden, nfe = backbone.trunk(x, None, e), nfe + 1
         rows = (x == mask_index).reshape(-1).nonzero()[:, 0]
         logits = backbone.head(hidden.reshape(-1, hidden.shape[-1])[rows])
-        tok, _ = sample_rows(logits, owner.reshape(-1)[rows], seeds, 3 * steps + 1,
-                             **{**draw, "temperature": 0.0})  # fmt: skip
-        x.view(-1)[rows] = tok
+        x.view(-1)[rows], _ = sample_x0_rows(logits, rows, L, st, cursor, temperature=0.0)
     return sampling.SampleResult(x, nfe, steps, nfe * B)
 
 

@@ -7,7 +7,10 @@ change — and returns a :class:`SampleResult` with the samples, the number of d
 of steps taken. The same ``seed`` gives the same samples: all randomness comes from the Philox
 streams of :func:`mdfast.ops.mask_step`, :func:`mdfast.ops.sample_x0` and
 :func:`mdfast.ops.uniform`, one offset per op call from a :class:`mdfast.rng.PhiloxStream` of
-``seed``. ``schedule`` is a name of :func:`mdfast.schedules.get_schedule` or a schedule object.
+``seed`` — or, with ``sample_index`` (global indices of the batch's samples in a larger job),
+one keyed stream per sample (:class:`mdfast.rng.SampleCursor`), so that sample g does not
+depend on the batch it runs in. ``schedule`` is a name of :func:`mdfast.schedules.get_schedule`
+or a schedule object.
 
 Time runs on MDLM's grid t_k = linspace(1, eps, T + 1); a step goes t = t_k -> s = t_{k+1}.
 
@@ -34,9 +37,14 @@ Time runs on MDLM's grid t_k = linspace(1, eps, T + 1); a step goes t = t_k -> s
 * :func:`remdm` — ReMDM remasking (cap, rescale, conf, loop), the forward-backward corrector
   (``"fb"``) and the DFM corrector (``"dfm"``) on MDLM's cached chain with alpha_t = 1 - t.
 * :func:`ar_sample` — ancestral sampling of a causal (AR) model, KV-cached, each sample on its
-  own keyed stream (:mod:`mdfast.sampling.keyed`).
+  own keyed stream (:class:`mdfast.rng.SampleCursor`).
 * :func:`semi_ar` — semi-autoregressive generation; ``prefix=`` conditions any sampler on fixed
   leading tokens (carry-over keeps them; remasking never touches them).
+* :func:`sample` — any of them by name (``"ddpm_cache"``, ``"remdm-conf"``, ...).
+
+Options: every sampler takes a :class:`SamplerSettings` (validated once, errors name the option)
+or the same options as keywords. alpha(t) comes from :func:`mdfast.schedules.alpha_at`, the ReMDM
+rates from :mod:`mdfast.sampling.remask_rates`.
 
 Set ``MDFAST_NVTX=1`` to wrap the phases in NVTX ranges (``denoise``, ``cache.reuse``,
 ``sample``, ``remask``) for Nsight Systems.
@@ -44,26 +52,38 @@ Set ``MDFAST_NVTX=1`` to wrap the phases in NVTX ranges (``denoise``, ``cache.re
 
 from __future__ import annotations
 
-from mdfast.sampling import schedules
+from mdfast.sampling import remask_rates
 from mdfast.sampling.ancestral import analytic, ddpm, ddpm_cache, first_hitting
 from mdfast.sampling.ar import ar_sample
 from mdfast.sampling.chain import SampleResult, grid_plan
-from mdfast.sampling.remdm import LOOP_DEFAULTS, REMDM_DEFAULTS, remdm, remdm_plan
-from mdfast.sampling.semi_ar import sample, semi_ar
+from mdfast.sampling.dispatch import sample, sampler_names
+from mdfast.sampling.remdm import remdm, remdm_plan
+from mdfast.sampling.semi_ar import semi_ar
+from mdfast.sampling.settings import LOOP_DEFAULTS, REMDM_DEFAULTS, SamplerSettings
 
 __all__ = [
     "LOOP_DEFAULTS",
     "REMDM_DEFAULTS",
     "SampleResult",
+    "SamplerSettings",
     "analytic",
     "ar_sample",
     "ddpm",
     "ddpm_cache",
     "first_hitting",
     "grid_plan",
+    "remask_rates",
     "remdm",
     "remdm_plan",
     "sample",
-    "schedules",
+    "sampler_names",
     "semi_ar",
 ]
+
+
+def __getattr__(name: str):
+    if name == "schedules":  # the deprecated alias module, imported (and warning) on first use
+        import importlib
+
+        return importlib.import_module("mdfast.sampling.schedules")
+    raise AttributeError(f"module 'mdfast.sampling' has no attribute {name!r}")

@@ -11,19 +11,23 @@ on that token only, reusing every block's keys and values
 (:class:`mdfast.models.kv_cache.KVCache`): O(L) work per token instead of O(L^2). The uncached
 path re-runs the full causal forward on x_<i for every i; both give the same samples.
 
-Sample g of the job (``sample_index``, default 0..B-1) draws position i's token from its own
-stream (:func:`mdfast.sampling.keyed.sample_seed`, offset i), so samples do not depend on the
-batch they were drawn in.
+Noise: position i's draw is step i of each sample's keyed stream (``sample_index``, default
+0..B-1; :class:`mdfast.rng.SampleCursor`), so a sample does not depend on the batch it was drawn
+in.
 """
 
 from __future__ import annotations
 
 import torch
 
-from mdfast.sampling.chain import SampleResult
-from mdfast.sampling.keyed import sample_rows, sample_seeds
+from mdfast.sampling.chain import SampleResult, _cursor, sample_x0_rows
+from mdfast.sampling.settings import COMMON_OPTIONS, SamplerSettings
 
 __all__ = ["ar_sample"]
+
+# an AR model has no mask and no time grid: settings' mask_index / steps / schedule are not read
+AR_OPTIONS = tuple(o for o in COMMON_OPTIONS if o not in ("mask_index", "steps", "schedule", "eps",
+                                                          "noise_removal"))  # fmt: skip
 
 
 def _prefix(prefix, bos_index, batch_size, length, device) -> torch.Tensor:
@@ -44,48 +48,34 @@ def _prefix(prefix, bos_index, batch_size, length, device) -> torch.Tensor:
 
 def ar_sample(
     model,
+    settings: SamplerSettings | None = None,
+    /,
     *,
-    batch_size: int,
-    length: int,
-    seed: int = 0,
-    prefix=None,
     bos_index: int | None = None,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    top_k: int = 0,
-    nucleus: str = "remdm",
     exclude_index: int = -1,
     kv_cache: bool = True,
-    sample_index=None,
-    device=None,
+    **options,
 ) -> SampleResult:
     """Samples [B, length] of a causal ``model`` (``model(x) -> logits [B, n, V]``; with
     ``kv_cache`` also ``model(x_new, cache=c)`` and ``model.new_cache(capacity)``, as the causal
-    :class:`mdfast.models.DiT`). ``nfe`` counts model calls (the prefix pass included)."""
-    for name, value in (("batch_size", batch_size), ("length", length)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"mdfast: argument '{name}' must be a positive int, got {value!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"mdfast: argument 'seed' must be a non-negative int, got {seed!r}")
-    x = torch.empty((batch_size, length), dtype=torch.int64, device=device)
-    pre = _prefix(prefix, bos_index, batch_size, length, x.device)
+    :class:`mdfast.models.DiT`). Reads ``batch_size``, ``length``, ``seed``, ``prefix``,
+    ``temperature``, ``top_p``, ``top_k``, ``nucleus``, ``sample_index``, ``device`` of the
+    settings; ``exclude_index``: a class never drawn (-1: none). ``nfe`` counts model calls (the
+    prefix pass included)."""
+    st = SamplerSettings.build(settings, options, sampler="ar_sample", allowed=AR_OPTIONS,
+                               steps=1, mask_index=0)  # fmt: skip
+    B, L = st.batch_size, st.length
+    x = torch.empty((B, L), dtype=torch.int64, device=st.device)
+    pre = _prefix(st.prefix, bos_index, B, L, x.device)
     P = pre.shape[1]
     x[:, :P] = pre
-    if sample_index is None:
-        sample_index = range(batch_size)
-    seeds = sample_seeds(seed, sample_index)
-    if len(seeds) != batch_size:
-        raise ValueError(
-            f"mdfast: argument 'sample_index' must hold batch_size={batch_size} indices, "
-            f"got {len(seeds)}"
-        )
-    owner = torch.arange(batch_size, device=x.device)
-    draw = {"temperature": temperature, "top_p": top_p, "top_k": top_k,
-            "exclude_index": exclude_index, "nucleus": nucleus}  # fmt: skip
-    cache = model.new_cache(length) if kv_cache else None
+    if st.sample_index is None:
+        st = st.replace(sample_index=torch.arange(B))
+    rng = _cursor(st)
+    rows = torch.arange(B, device=x.device) * L
+    cache = model.new_cache(L) if kv_cache else None
     nfe = 0
-    logits = None
-    for i in range(P, length):
+    for i in range(P, L):
         if cache is None:
             logits = model(x[:, :i])[:, -1]
         elif i == P:
@@ -93,6 +83,6 @@ def ar_sample(
         else:
             logits = model(x[:, i - 1 : i], cache=cache)[:, -1]
         nfe += 1
-        tok, _ = sample_rows(logits.float(), owner, seeds, i, **draw)
-        x[:, i] = tok
-    return SampleResult(x, nfe, length - P, nfe * batch_size)
+        x[:, i], _ = sample_x0_rows(logits.float(), rows, L, st, rng, key=rng.at(i),
+                                exclude=exclude_index)  # fmt: skip
+    return SampleResult(x, nfe, L - P, nfe * B)
