@@ -200,16 +200,6 @@ def _device(args):
     return setup_distributed(getattr(args, "device", "") or "")
 
 
-def _autocast_dtype(precision: str, device):
-    import torch
-
-    if precision not in ("auto", "bf16", "fp32"):
-        raise ValueError(f"mdfast: precision must be auto, bf16 or fp32, got '{precision}'")
-    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
-        return torch.bfloat16
-    return None
-
-
 def _load_run(args, section: str, device=None):
     """(config, objective, path) of the checkpoint ``--ckpt`` / ``<section>.ckpt`` / latest in
     ``train.out_dir``, with the checkpoint's stored config and this command's overrides on top;
@@ -337,7 +327,9 @@ def _eval(args) -> int:
         print(json.dumps(cfg, indent=2))
         return 0
     ev = cfg["eval"]
-    amp = _autocast_dtype(ev["precision"], dev)
+    from mdfast.train.runtime import autocast_dtype
+
+    amp = autocast_dtype(ev["precision"], dev, "eval.precision")
     T = ev["T"] if ev["T"] >= 0 else int(cfg["objective"].get("T", 0) or 0)
     results = {}
     for name, ds in _eval_sets(cfg):

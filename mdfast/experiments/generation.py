@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,6 +32,8 @@ from dataclasses import dataclass, field
 import torch
 
 from mdfast.experiments.registry import ConfigError
+from mdfast.train.logs import progress_bar
+from mdfast.train.runtime import autocast_dtype
 
 __all__ = ["SAMPLER_PRESETS", "SampleJob", "SamplerEntry", "read_samples", "run_sample"]
 
@@ -247,16 +248,6 @@ def _bos(cfg: dict, tok) -> int | None:
     return int(tok.bos_id)
 
 
-def _progress(total: int, initial: int, enabled: bool):
-    if not enabled:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, initial=initial, desc="sample", unit="seq", file=sys.stderr)
-
-
 def run_sample(cfg: dict, objective, path, device, rank: int = 0, world: int = 1) -> dict:
     """Draw ``sample.num_samples`` (or ``batch_size`` × ``num_batches``) samples of the run into
     ``sample.out`` (JSONL; see the module docstring); returns the summary ``mdfast sample``
@@ -318,8 +309,11 @@ def run_sample(cfg: dict, objective, path, device, rank: int = 0, world: int = 1
     todo = [g for g in range(total) if g not in done]
     bs = sp["batch_size"]
     batches = [todo[i : i + bs] for i in range(0, len(todo), bs)]
-    amp = _autocast(sp["precision"], device)
-    bar = _progress(total, len(done), sp["progress"] and rank == 0)
+    try:
+        amp = autocast_dtype(sp["precision"], device, "sample.precision")
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    bar = progress_bar(total, "sample", "seq", sp["progress"] and rank == 0, initial=len(done))
     nfe_total, wall_total, written, first, everything = 0, 0.0, 0, [], []
     for r0 in range(0, len(batches), world):
         mine = batches[r0 + rank] if r0 + rank < len(batches) else []
@@ -370,11 +364,3 @@ def run_sample(cfg: dict, objective, path, device, rank: int = 0, world: int = 1
         ids = [r["ids"] for r in sorted(everything, key=lambda r: r["index"])]
         torch.save(torch.tensor(ids, dtype=torch.int64), out)
     return summary
-
-
-def _autocast(precision: str, device):
-    if precision not in ("auto", "bf16", "fp32"):
-        raise ConfigError(f"mdfast: sample.precision must be auto, bf16 or fp32, got '{precision}'")
-    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
-        return torch.bfloat16
-    return None

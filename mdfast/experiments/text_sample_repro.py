@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", default="data/text/shakespeare")
     p.add_argument("--out", default="runs/text-sample-repro")
     p.add_argument("--plot", default="docs/text/sample_repro.png")
-    p.add_argument("--samples", type=int, default=48, help="sequences per row")
+    p.add_argument("--samples", type=int, default=32, help="sequences per row")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", default=",".join(map(str, _STEPS)), help="the T values")
     a = p.parse_args(argv)

@@ -28,6 +28,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from mdfast.train.logs import progress_bar
+
 __all__ = [
     "HFJudge",
     "ModelJudge",
@@ -158,16 +160,6 @@ def token_mask(ids: torch.Tensor, eos_id: int) -> torch.Tensor:
     return (is_eos.cumsum(-1) == 1) | ~is_eos
 
 
-def _progress(total: int, desc: str, enabled: bool):
-    if not enabled:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, desc=desc, unit="text", leave=False)
-
-
 @torch.no_grad()
 def gen_ppl(
     judge,
@@ -196,7 +188,7 @@ def gen_ppl(
         raise ValueError(f"mdfast: gen_ppl got {len(prompts)} prompts for {len(texts)} texts")
     dev = judge.device
     per_nll, per_tok = [], []
-    bar = _progress(len(texts), "gen PPL", progress)
+    bar = progress_bar(len(texts), "gen PPL", "text", progress, leave=False)
     for start in range(0, len(texts), batch_size):
         batch = list(texts[start : start + batch_size])
         skip = None
@@ -283,7 +275,7 @@ def features(
         raise ValueError("mdfast: features needs at least one text")
     dev = judge.device
     out = []
-    bar = _progress(len(texts), "features", progress)
+    bar = progress_bar(len(texts), "features", "text", progress, leave=False)
     for start in range(0, len(texts), batch_size):
         ids, attn = judge.encode(texts[start : start + batch_size], max_length)
         ids, attn = ids.to(dev), attn.to(dev)
