@@ -9,7 +9,7 @@ import json
 
 import pytest
 import torch
-from text_fixtures import docs, write_bpe, write_jsonl
+from text_fixtures import tiny_text_run
 
 from mdfast import sampling
 from mdfast.cli import main
@@ -133,15 +133,8 @@ def test_same_seed_same_jsonl_and_resume(tmp_path, capsys):
 def text_run(tmp_path_factory):
     """A tiny MDLM and a tiny AR trained two steps on a prepared corpus with a tiny BPE."""
     root = tmp_path_factory.mktemp("gen")
-    vocab = write_bpe(root / "bpe")
-    write_jsonl(root / "c.jsonl", docs(80, seed=2))
-    v = len(vocab)
-    data = [f"data.source={root / 'c.jsonl'}", f"data.tokenizer={root / 'bpe'}",
-            "data.length=16", "data.valid_docs=20", "data.num_proc=1",
-            f"data.cache_dir={root / 'cache'}", f"data.path={root / 'prep'}"]  # fmt: skip
-    model = [f"model.vocab_size={v + 1}", "model.hidden_dim=32", "model.cond_dim=16",
-             "model.n_heads=2", "model.n_blocks=1", "train.batch_size=8", "train.steps=2",
-             "train.progress=false", "train.warmup=0", "train.ema=0"]  # fmt: skip
+    v, data, model = tiny_text_run(root, 80, seed=2)
+    model.append("train.steps=2")
     assert main(["prepare-text", "mdlm-shakespeare", *data]) == 0
     runs = {}
     for name, obj in (
