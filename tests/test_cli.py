@@ -177,4 +177,4 @@ def test_train_then_sample(tmp_path, capsys, preset, sampler):
 def test_sample_sampler_without_meaning_for_the_objective(tmp_path, capsys):
     rc, _, err = _run(["sample", "tiny-ar", f"train.out_dir={tmp_path}", "model.random_init=true",
                        "sample.sampler=ddpm_cache"], capsys)  # fmt: skip
-    assert rc == 2 and "sample.sampler='ddpm_cache'" in err and "objective 'ar'" in err
+    assert rc == 2 and "sample.sampler 'ddpm_cache'" in err and "objective 'ar'" in err

@@ -100,7 +100,14 @@ def _sample_defaults(given: dict) -> dict:
            # conditioning: a prompt (prefix), an infix at a position, or prefixes of
            # prefix_len tokens from a prepared split, cond_repeats samples per prefix
            "prompt": "", "infix": "", "infix_at": -1, "cond_data": "",
-           "cond_split": "validation", "prefix_len": 0, "cond_repeats": 1}  # fmt: skip
+           "cond_split": "validation", "prefix_len": 0, "cond_repeats": 1,
+           # discrete interpolants (sampler euler | maskgit): guidance scale, the class of
+           # every sample (-1: classes 0, 1, ... in turn), text embeddings [N, T, C] (.npy, or
+           # .npz member context; sample i gets row i mod N), kappa ("" = the objective's), the
+           # Euler and MaskGIT options of mdfast.sampling.interpolant (null = "none")
+           "cfg_scale": 1.0, "label": -1, "context": "", "kappa": "", "t_min": 0.0,
+           "max_last": False, "anneal_noise": None, "reveal": "linear", "randomize": "linear",
+           "r_temp": 4.5}  # fmt: skip
     name = given.get("preset") or ""
     if name:
         from mdfast.experiments.generation import SAMPLER_PRESETS

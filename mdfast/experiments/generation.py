@@ -258,9 +258,13 @@ def run_sample(cfg: dict, objective, path, device, rank: int = 0, world: int = 1
     entry = registry.sampler_entry(obj_name)
     sampler = sp["sampler"] or entry.default
     if sampler not in entry.samplers:
+        from mdfast.sampling.dispatch import INTERPOLANT_SAMPLERS
+
+        what = "samples discrete interpolants" if sampler in INTERPOLANT_SAMPLERS else (
+            "has no meaning here")  # fmt: skip
         raise ConfigError(
-            f"mdfast: sample.sampler='{sampler}' has no meaning for objective '{obj_name}'; "
-            f"valid: {list(entry.samplers)}"
+            f"mdfast: sample.sampler '{sampler}' {what}; objective '{obj_name}' takes one of "
+            f"{list(entry.samplers)}"
         )
     length = int(sp["length"] or cfg["data"].get("length") or cfg["model"].get("model_length"))
     total = sp["num_samples"] or sp["batch_size"] * max(1, sp["num_batches"])
