@@ -223,3 +223,41 @@ def test_bad_input_names_the_option(text_run, tmp_path, capsys):
     rc, _, err = _run(["eval-samples", str(other), "--judge", str(root / "ar"),
                        "--references", str(root / "prep")], capsys)  # fmt: skip
     assert rc == 2 and "--references" in err
+
+
+class _MarkovLM:
+    """A causal model whose next-token logits depend on the last token only:
+    logits[b, j] = W[x[b, j]] + c[j], so the law of AR samples is a Markov chain."""
+
+    def __init__(self, W, c):
+        self.W, self.c = W, c
+
+    def __call__(self, x):
+        return self.W[x] + self.c[: x.shape[1]]
+
+
+def test_ar_sampling_draws_the_exact_law(fresh_seed):
+    """Two sampled tokens after BOS, temperature 0.8 and top-k 3 of V = 5 with class 4
+    excluded: the 25-cell joint against p(x1 | BOS) p(x2 | x1) (chi-square, 6000 samples)."""
+    from scipy import stats
+
+    V, tau, k, n = 5, 0.8, 3, 6000
+    g = torch.Generator().manual_seed(fresh_seed)
+    W = torch.randn(V, V, generator=g, dtype=torch.float64)
+    c = torch.randn(3, V, generator=g, dtype=torch.float64)
+
+    def step(prev: int, j: int) -> torch.Tensor:
+        z = (W[prev] + c[j]) / tau
+        z[V - 1] = float("-inf")
+        z[z < z.topk(k).values[-1]] = float("-inf")
+        return torch.softmax(z, 0)
+
+    law = torch.stack([step(0, 0)[a] * step(a, 1) for a in range(V)]).reshape(-1)
+    res = sampling.ar_sample(_MarkovLM(W.float(), c.float()), batch_size=n, length=3,
+                             bos_index=0, seed=fresh_seed % 2**40, temperature=tau, top_k=k,
+                             exclude_index=V - 1, kv_cache=False)  # fmt: skip
+    counts = torch.bincount(res.x[:, 1] * V + res.x[:, 2], minlength=V * V).double()
+    keep = law > 0
+    assert counts[~keep].sum() == 0
+    p = stats.chisquare(counts[keep].numpy(), (law[keep] * n).numpy()).pvalue
+    assert p > 1e-6, p
