@@ -18,6 +18,10 @@ for, never by process layout: (seed, purpose, global step, global sample index).
   A sample's numbers therefore do not depend on how the global batch is split over processes and
   gradient-accumulation micro-batches: 1 process and N processes draw the same noise.
 
+A :class:`SampleCursor` keys a sampler's op calls the same way (step = the call's number, g =
+the sample's index in the generation job): ``mdfast sample`` gives sample g the same tokens
+whatever batch, process or resumed run draws it.
+
 A :class:`NoiseKey` holds (seed, step, this process's global sample indices, global batch size);
 the trainer activates one per micro-batch with :func:`noise_key`, and :func:`draw`,
 :func:`stratified` and :class:`mdfast.models.dropout.KeyedDropout` read it. With no key active
