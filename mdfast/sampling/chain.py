@@ -137,7 +137,8 @@ def sample_x0_rows(logits, rows, length, st, rng, temperature=None, key=None, ex
 
 def _mask_step(x, logits, st, rng, **kw):
     """:func:`mdfast.ops.mask_step` on the batch's stream, or (keyed) one call per sample
-    (position l of sample b is element l of its call). ``remask``: None, a float or [B, L]."""
+    (position l of sample b is element l of its call). ``remask``: None, a float, [B] or
+    [B, L]."""
     if not isinstance(rng, SampleCursor):
         return ops.mask_step(x, logits, mask_index=st.mask_index, **kw, **_rng_kw(rng))
     args = rng.next().op_args(rng.purpose)
@@ -147,7 +148,7 @@ def _mask_step(x, logits, st, rng, **kw):
         one = slice(b, b + 1)
         outs.append(ops.mask_step(
             x[one], None if logits is None else logits[one], mask_index=st.mask_index,
-            remask=remask[one] if torch.is_tensor(remask) and remask.dim() == 2 else remask,
+            remask=remask[one] if torch.is_tensor(remask) and remask.dim() else remask,
             confidence=None if conf is None else conf[one], seed=seed, offset=offset, **kw,
         ))  # fmt: skip
     return tuple(torch.cat(parts) for parts in zip(*outs, strict=True))
