@@ -17,9 +17,12 @@ Tables (name → entry):
   fields without ``name`` and ``preset``;
 - ``OBJECTIVES``: ``(default fields, factory(model, fields) -> objective)``;
 - ``DATA``: ``(default fields, loader(fields) -> (train, validation))``;
-- ``SAMPLERS``: ``(extra sample fields, runner(cfg, objective, checkpoint) -> exit code)`` for a
-  ``sample.sampler`` that ``mdfast sample`` hands to its experiment (e.g. ``prime``);
-- ``PRESETS``: raw presets (nested dicts, see :mod:`mdfast.experiments`).
+- ``PRESETS``: raw presets (nested dicts, see :mod:`mdfast.experiments`);
+- ``SAMPLERS``: objective name → :class:`mdfast.experiments.generation.SamplerEntry` (the
+  samplers ``mdfast sample`` runs for that objective, see :func:`register_sampler`).
+- ``SAMPLE_RUNNERS``: ``(extra sample fields, runner(cfg, objective, checkpoint) -> exit code)``
+  for a ``sample.sampler`` whose experiment writes its own samples (e.g. ``prime``: images to
+  ``.npy`` batches and PNG grids), see :func:`register_sample_runner`.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ __all__ = [
     "OBJECTIVES",
     "PRESETS",
     "SAMPLERS",
+    "SAMPLE_RUNNERS",
     "ConfigError",
     "data_entry",
     "load_experiments",
@@ -45,7 +49,9 @@ __all__ = [
     "register_model",
     "register_objective",
     "register_presets",
+    "register_sample_runner",
     "register_sampler",
+    "sample_runner",
     "sampler_entry",
 ]
 
@@ -57,8 +63,9 @@ class ConfigError(ValueError):
 MODELS: dict[str, tuple[Callable[[dict], dict], Callable]] = {}
 OBJECTIVES: dict[str, tuple[dict, Callable]] = {}
 DATA: dict[str, tuple[dict, Callable]] = {}
-SAMPLERS: dict[str, tuple[dict, Callable]] = {}
 PRESETS: dict[str, dict] = {}
+SAMPLERS: dict[str, object] = {}
+SAMPLE_RUNNERS: dict[str, tuple[dict, Callable]] = {}
 
 _loaded = False
 
@@ -81,15 +88,24 @@ def register_data(name: str, defaults: dict, loader: Callable) -> None:
     DATA[name] = (dict(defaults), loader)
 
 
-def register_sampler(name: str, defaults: dict, runner: Callable) -> None:
+def register_sample_runner(name: str, defaults: dict, runner: Callable) -> None:
     """Make ``sample.sampler=<name>`` add ``defaults`` to the ``sample`` section and run
-    ``runner(cfg, objective, checkpoint_path) -> int`` for ``mdfast sample``."""
-    SAMPLERS[name] = (dict(defaults), runner)
+    ``runner(cfg, objective, checkpoint_path) -> int`` for ``mdfast sample`` (an experiment that
+    writes its own samples instead of :func:`mdfast.experiments.generation.run_sample`'s JSONL)."""
+    SAMPLE_RUNNERS[name] = (dict(defaults), runner)
 
 
 def register_presets(presets: dict[str, dict]) -> None:
     """Add raw presets (``{"model": {...}, "objective": {...}, ...}``) by name."""
     PRESETS.update(presets)
+
+
+def register_sampler(objective: str, entry) -> None:
+    """Make ``mdfast sample`` run ``objective``'s checkpoints: ``entry`` is a
+    :class:`mdfast.experiments.generation.SamplerEntry` (its sampler names, the default one and
+    ``run(job, given, indices) -> SampleResult``). A later registration for the same objective
+    replaces the earlier one."""
+    SAMPLERS[objective] = entry
 
 
 def load_experiments() -> None:
@@ -135,11 +151,21 @@ def data_entry(name: str) -> tuple[dict, Callable]:
     return _entry(DATA, name, "data.name")
 
 
-def sampler_entry(name: str) -> tuple[dict, Callable] | None:
-    """The registered ``(fields, runner)`` of ``sample.sampler=<name>``, or None (a sampler of
-    :mod:`mdfast.sampling` that ``mdfast sample`` runs itself)."""
+def sampler_entry(objective: str):
     load_experiments()
-    return SAMPLERS.get(name)
+    if objective not in SAMPLERS:
+        raise ConfigError(
+            f"mdfast: objective '{objective}' has no sampler registered for mdfast sample; "
+            f"objectives with one: {sorted(SAMPLERS)}"
+        )
+    return SAMPLERS[objective]
+
+
+def sample_runner(name: str) -> tuple[dict, Callable] | None:
+    """The registered ``(fields, runner)`` of ``sample.sampler=<name>``, or None (a sampler that
+    :func:`mdfast.experiments.generation.run_sample` runs)."""
+    load_experiments()
+    return SAMPLE_RUNNERS.get(name)
 
 
 def presets() -> dict[str, dict]:

@@ -13,7 +13,7 @@ from mdfast.experiments.registry import (
     register_model,
     register_objective,
     register_presets,
-    register_sampler,
+    register_sample_runner,
 )
 
 __all__ = ["OBJECTIVE_DEFAULTS", "SAMPLE_DEFAULTS", "register"]
@@ -96,5 +96,5 @@ def register() -> None:
     register_data("cifar10", {"root": ""}, _image_data("cifar10"))
     register_data("imagenet32", {"root": ""}, _image_data("imagenet32"))
     register_data("digits8", {}, _digits8)
-    register_sampler("prime", SAMPLE_DEFAULTS, _run_sample)
+    register_sample_runner("prime", SAMPLE_DEFAULTS, _run_sample)
     register_presets(PRESETS)
