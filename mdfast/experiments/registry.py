@@ -19,7 +19,7 @@ Tables (name → entry):
 - ``DATA``: ``(default fields, loader(fields) -> (train, validation))``;
 - ``PRESETS``: raw presets (nested dicts, see :mod:`mdfast.experiments`);
 - ``SAMPLERS``: objective name → :class:`mdfast.experiments.generation.SamplerEntry` (the
-  samplers ``mdfast sample`` runs for that objective, see :func:`register_sampler`).
+  samplers ``mdfast sample`` runs for that objective, see :func:`register_sampler`);
 - ``SAMPLE_RUNNERS``: ``(extra sample fields, runner(cfg, objective, checkpoint) -> exit code)``
   for a ``sample.sampler`` whose experiment writes its own samples (e.g. ``prime``: images to
   ``.npy`` batches and PNG grids), see :func:`register_sample_runner`.
