@@ -126,6 +126,15 @@ def _config(args):
 def _check_data(cfg: dict, *datasets) -> None:
     """Prepared token files must match the model's vocabulary and the objective's mask id."""
     obj = cfg["objective"]
+    if obj["name"] == "prime":  # ids become digits of C classes: every id must be below C
+        for ds in datasets:
+            top = int(getattr(ds, "header", {}).get("max_id", -1))
+            if top >= obj["num_classes"]:
+                raise ValueError(
+                    f"mdfast: the data holds token id {top} >= objective.num_classes="
+                    f"{obj['num_classes']}"
+                )
+        return
     mask = obj.get("mask_index", obj.get("exclude_index"))
     for ds in datasets:
         check = getattr(ds, "check_compatible", None)
@@ -221,6 +230,7 @@ def _load_run(args, section: str, device=None):
         # the run's own config (with its overrides), then this command's overrides on top
         mine = cfg[section]
         kept = {k: stored[k] for k in experiments.SECTIONS if k in stored and k != section}
+        kept[section] = dict(mine)  # so this section's own fields (e.g. a sampler's) resolve
         cfg = experiments.apply_overrides(kept, args.overrides)
         cfg[section] = mine
     if args.print_config:
@@ -254,6 +264,11 @@ def _sample(args) -> int:
     if objective is None:
         print(json.dumps(cfg, indent=2))
         return 0
+    from mdfast.experiments import registry
+
+    runner = registry.sample_runner(cfg["sample"]["sampler"])
+    if runner is not None:  # an experiment that writes its own samples (e.g. prime)
+        return runner[1](cfg, objective, path)
     if cfg["objective"]["name"] == "interpolant":
         import contextlib
 

@@ -56,7 +56,9 @@ class Prime(nn.Module):
         num_classes: C, the token vocabulary (256 per sub-pixel for images, 50257 for GPT-2).
         num_digits: ℓ digits per token; b = ⌈C^(1/ℓ)⌉ and the mask id is b.
         embed_dim: d, the width of a token's embedding; the shared digit table has
-            b + 1 rows of d / ℓ (d must be divisible by ℓ).
+            b + 1 rows of d / ℓ (d must be divisible by ℓ). None: no table (the backbone embeds
+            the digits itself, as the image UNet and :class:`mdfast.models.prime_dit.PrimeDiT`
+            do).
         convention: ``"mdlm"`` or ``"polynomial"`` (see :func:`digit_schedule`).
         schedule_n: n of the polynomial schedule (the seed's ``--schedule_n``, default 3).
         eps: ε of the log-linear schedule and the time cut-off of training / NLL times.
@@ -68,7 +70,7 @@ class Prime(nn.Module):
         self,
         num_classes: int,
         num_digits: int,
-        embed_dim: int,
+        embed_dim: int | None,
         *,
         convention: str = "mdlm",
         schedule_n: float = 3.0,
@@ -76,7 +78,7 @@ class Prime(nn.Module):
         loss: str = "elbo",
     ) -> None:
         super().__init__()
-        if embed_dim % num_digits:
+        if embed_dim is not None and embed_dim % num_digits:
             raise ValueError(
                 f"mdfast: argument 'embed_dim' ({embed_dim}) must be divisible by 'num_digits' "
                 f"({num_digits})"
@@ -92,7 +94,9 @@ class Prime(nn.Module):
         self.schedule_n = schedule_n
         self.eps = eps
         self.loss_mode = loss
-        self.embedding = nn.Embedding(self.base + 1, embed_dim // num_digits)
+        self.embedding = (
+            nn.Embedding(self.base + 1, embed_dim // num_digits) if embed_dim is not None else None
+        )
 
     # ---------------------------------------------------------------- digits and embedding
 
@@ -103,6 +107,8 @@ class Prime(nn.Module):
     def embed(self, digits: torch.Tensor) -> torch.Tensor:
         """Digits int64[..., ℓ] (mask id b allowed) -> [..., d]: the ℓ rows of the shared table,
         concatenated in digit order."""
+        if self.embedding is None:
+            raise RuntimeError("mdfast: this Prime process has no digit table (embed_dim=None)")
         return self.embedding(digits).flatten(-2)
 
     # ---------------------------------------------------------------- forward process

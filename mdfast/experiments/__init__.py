@@ -117,7 +117,8 @@ def _sample_defaults(given: dict) -> dict:
                 f"mdfast: unknown sample.preset '{name}'; valid: {sorted(SAMPLER_PRESETS)}"
             )
         out.update(SAMPLER_PRESETS[name], preset=name)
-    return out
+    runner = registry.sample_runner(given.get("sampler") or "")
+    return {**out, **runner[0]} if runner else out
 
 
 _DEFAULTS = {
@@ -194,20 +195,27 @@ def _split(item: str) -> tuple[list[str], str]:
     return key.strip().split("."), value
 
 
+def _selector(path: list[str]) -> bool:
+    """``*.preset``, ``*.name`` and ``sample.sampler``: keys that change which fields exist."""
+    if len(path) != 2 or path[0] not in SECTIONS:
+        return False
+    return path[1] in ("preset", "name") or path == ["sample", "sampler"]
+
+
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     """Resolve ``raw`` with ``overrides`` (``["train.steps=10", ...]``) applied."""
     raw = copy.deepcopy(raw)
     parsed = [_split(o) for o in overrides]
     # selectors first: they change which defaults apply
     for path, value in parsed:
-        if len(path) == 2 and path[1] in ("preset", "name") and path[0] in SECTIONS:
+        if _selector(path):
             sec = raw.setdefault(path[0], {})
             sec[path[1]] = value
             if path[1] == "name":  # a new builder: drop fields of the old one
                 raw[path[0]] = {"name": value}
     cfg = resolve(raw)
     for path, value in parsed:
-        if len(path) == 2 and path[1] in ("preset", "name") and path[0] in SECTIONS:
+        if _selector(path):
             continue
         if len(path) != 2 or path[0] not in SECTIONS:
             if path[0] not in SECTIONS:

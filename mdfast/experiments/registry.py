@@ -19,7 +19,10 @@ Tables (name → entry):
 - ``DATA``: ``(default fields, loader(fields) -> (train, validation))``;
 - ``PRESETS``: raw presets (nested dicts, see :mod:`mdfast.experiments`);
 - ``SAMPLERS``: objective name → :class:`mdfast.experiments.generation.SamplerEntry` (the
-  samplers ``mdfast sample`` runs for that objective, see :func:`register_sampler`).
+  samplers ``mdfast sample`` runs for that objective, see :func:`register_sampler`);
+- ``SAMPLE_RUNNERS``: ``(extra sample fields, runner(cfg, objective, checkpoint) -> exit code)``
+  for a ``sample.sampler`` whose experiment writes its own samples (e.g. ``prime``: images to
+  ``.npy`` batches and PNG grids), see :func:`register_sample_runner`.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ __all__ = [
     "OBJECTIVES",
     "PRESETS",
     "SAMPLERS",
+    "SAMPLE_RUNNERS",
     "ConfigError",
     "data_entry",
     "load_experiments",
@@ -45,7 +49,9 @@ __all__ = [
     "register_model",
     "register_objective",
     "register_presets",
+    "register_sample_runner",
     "register_sampler",
+    "sample_runner",
     "sampler_entry",
 ]
 
@@ -59,6 +65,7 @@ OBJECTIVES: dict[str, tuple[dict, Callable]] = {}
 DATA: dict[str, tuple[dict, Callable]] = {}
 PRESETS: dict[str, dict] = {}
 SAMPLERS: dict[str, object] = {}
+SAMPLE_RUNNERS: dict[str, tuple[dict, Callable]] = {}
 
 _loaded = False
 
@@ -79,6 +86,13 @@ def register_data(name: str, defaults: dict, loader: Callable) -> None:
     """Make ``data.name=<name>`` available: ``loader(fields) -> (train, validation)`` datasets
     (tensors, dicts or tuples of tensors, or map-style datasets)."""
     DATA[name] = (dict(defaults), loader)
+
+
+def register_sample_runner(name: str, defaults: dict, runner: Callable) -> None:
+    """Make ``sample.sampler=<name>`` add ``defaults`` to the ``sample`` section and run
+    ``runner(cfg, objective, checkpoint_path) -> int`` for ``mdfast sample`` (an experiment that
+    writes its own samples instead of :func:`mdfast.experiments.generation.run_sample`'s JSONL)."""
+    SAMPLE_RUNNERS[name] = (dict(defaults), runner)
 
 
 def register_presets(presets: dict[str, dict]) -> None:
@@ -145,6 +159,13 @@ def sampler_entry(objective: str):
             f"objectives with one: {sorted(SAMPLERS)}"
         )
     return SAMPLERS[objective]
+
+
+def sample_runner(name: str) -> tuple[dict, Callable] | None:
+    """The registered ``(fields, runner)`` of ``sample.sampler=<name>``, or None (a sampler that
+    :func:`mdfast.experiments.generation.run_sample` runs)."""
+    load_experiments()
+    return SAMPLE_RUNNERS.get(name)
 
 
 def presets() -> dict[str, dict]:

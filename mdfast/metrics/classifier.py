@@ -84,11 +84,12 @@ def train_classifier(
     epochs: int = 4,
     lr: float = 2e-3,
     batch_size: int = 128,
+    weight_decay: float = 0.0,
     seed: int = 0,
 ) -> nn.Module:
     """Train ``make_model()`` (built under ``torch.manual_seed(seed)``) on ``images`` / ``labels``
-    with Adam for ``epochs`` epochs of shuffled batches; the global RNG state is left untouched.
-    Returns the model in eval mode."""
+    with Adam (``weight_decay`` as Adam's L2 term) for ``epochs`` epochs of shuffled batches; the
+    global RNG state is left untouched. Returns the model in eval mode."""
     if images.shape[0] != labels.shape[0] or images.shape[0] == 0:
         raise ValueError(
             f"mdfast: train_classifier needs as many labels as images (> 0), got "
@@ -98,7 +99,7 @@ def train_classifier(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = make_model()
-        opt = torch.optim.Adam(model.parameters(), lr=lr)
+        opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
         model.train()
         n = images.shape[0]
         for _ in range(epochs):

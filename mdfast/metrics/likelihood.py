@@ -22,6 +22,13 @@ estimated as T times the term at a uniformly drawn grid index; the lattice then 
 evenly. The weight T(α_s − α_t)/(1 − α_t) is exact for every schedule (for log-linear it equals
 1/t, MDLM's value).
 
+**MDM-Prime** (:class:`mdfast.diffusion.prime_objective.PrimeObjective`, images or text): the
+same lattice of times (mirrored, t ↦ 1 − t, for the image code's polynomial convention) and the
+valid ``elbo`` loss of :meth:`mdfast.diffusion.Prime.token_losses`, every digit masked with its
+own keyed uniform; tokens are the objective's (3 per pixel, 2 per pixel for super-tokens, or the
+sequence's). A uniform-mixture model draws one keyed label per sequence and time (a bound on the
+mixture's NLL by Jensen).
+
 **Autoregressive.** NLL_j = Σ_{i ≥ 1} −log p(x_i | x_{<i}) over attended positions: exact, no
 sampling; the standard error is the spread between sequences.
 
@@ -42,7 +49,9 @@ from mdfast import ops, rng
 __all__ = ["evaluate_likelihood", "keyed_uniform", "sequence_terms", "supports", "time_lattice"]
 
 
-def keyed_uniform(seed: int, purpose: rng.Purpose, index: torch.Tensor, replicate: int, n: int):
+def keyed_uniform(
+    seed: int, purpose: rng.Purpose | str, index: torch.Tensor, replicate: int, n: int
+):
     """Float64 uniforms in (0, 1), shape [len(index), n]: row b is the stream
     (``seed``, ``purpose``, "eval", ``replicate``) of :mod:`mdfast.rng` at offset ``index[b]``,
     so it depends on (seed, purpose, sequence index, replicate) only."""
@@ -76,7 +85,10 @@ def supports(objective) -> bool:
 
 def _kind(objective) -> str:
     from mdfast.diffusion import AR, MDLM, SEDD
+    from mdfast.diffusion.prime_objective import PrimeObjective
 
+    if isinstance(objective, PrimeObjective):
+        return "prime"
     if isinstance(objective, AR):
         return "ar"
     if isinstance(objective, MDLM):  # IMDM included
@@ -85,7 +97,7 @@ def _kind(objective) -> str:
         return "sedd"
     raise TypeError(
         f"mdfast: no likelihood estimator for objective {type(objective).__name__} (MDLM, IMDM, "
-        "SEDD and AR have one)"
+        "SEDD, MDM-Prime and AR have one)"
     )
 
 
@@ -93,6 +105,8 @@ def _kind(objective) -> str:
 def sequence_terms(objective, x0, attn, index, *, K: int = 1, T: int = 0, seed: int = 0):
     """Per-sequence (estimate ê_j in nats, attended tokens n_j), both float64 [B]."""
     kind = _kind(objective)
+    if kind == "prime":
+        return _prime_terms(objective, x0, attn, index, K=K, T=T, seed=seed)
     if kind == "ar":
         nll = objective.per_token(x0).double()
         m = torch.ones_like(nll) if attn is None else attn[:, 1:].to(nll.dtype)
@@ -119,6 +133,36 @@ def sequence_terms(objective, x0, attn, index, *, K: int = 1, T: int = 0, seed: 
             loss = objective.per_token(x0, xt, tf, sigma, weight=w)
         total += (loss.double() * m).flatten(1).sum(1)
     return total / K, m.flatten(1).sum(1)
+
+
+def _prime_terms(objective, x0, attn, index, *, K: int, T: int, seed: int):
+    """:func:`sequence_terms` of an MDM-Prime objective (``elbo`` loss, keyed digit masks)."""
+    from mdfast.schedules import flip_time
+
+    if T > 0:
+        raise ValueError("mdfast: MDM-Prime has no discrete-time bound here (eval.T must be 0)")
+    process = objective.process
+    tokens = objective.tokens(x0)
+    digits = process.encode(tokens)  # [B, L, ℓ]
+    m = torch.ones(tokens.shape, device=tokens.device, dtype=torch.float64) if attn is None else (
+        attn.to(torch.float64))  # fmt: skip
+    ts = time_lattice(seed, index, K, process.eps)
+    if process.convention == "polynomial":  # t = 1 is data there
+        ts = flip_time(ts)
+    total = torch.zeros(tokens.shape[0], device=tokens.device, dtype=torch.float64)
+    for k in range(K):
+        t = ts[:, k]
+        alpha, _ = process.schedule(t)
+        u = keyed_uniform(seed, rng.Purpose.MASK, index, k, digits[0].numel()).view(digits.shape)
+        digits_t = torch.where(u >= alpha.view(-1, 1, 1), process.mask_id, digits)
+        label = None
+        if objective.mixture_labels:
+            v = keyed_uniform(seed, objective.LABEL_PURPOSE, index, k, 1)[:, 0]
+            label = objective.mixture_label(v)
+        logits = objective.logits(digits_t, label)
+        loss = process.token_losses(logits, tokens, digits_t, t, "elbo")
+        total += (loss.double() * m).sum(1)
+    return total / K, m.sum(1)
 
 
 def _batches(dataset, start: int, end: int, batch_size: int):

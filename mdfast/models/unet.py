@@ -4,7 +4,14 @@ Channels 96, multipliers (3, 4, 4), 5 res-blocks per level, attention at 16×16 
 heads), dropout 0.4, average-pool / nearest resampling without convs (``conv_resample=False``),
 no time input (the seed's ``ignore_time=True``: no time embedding and no embedding layers in the
 res-blocks; ``time_input=True`` adds them with scale-shift norm). Parameter counts match the seed
-(MDM 114.0M, Prime ℓ=2 113.96M, super-token 133.8M; ``tests/test_models.py``).
+(MDM 114.0M, Prime ℓ=2 113.96M, super-token 133.8M; ``tests/test_models.py``). The seed's
+time-free res-blocks carry a learned constant scale-shift (``ConstantEmbedding``), which is the
+same function as the norm's own affine and is folded into it when its checkpoints load
+(:mod:`mdfast.models.mdm_prime_checkpoint`).
+
+Label conditioning (``num_labels = K``, the seed's ``num_classes``): a table of K + 1 rows (row K
+the "no label" padding row) added to the res-blocks' scale-shift embedding; the uniform-mixture
+baseline of MDM-Prime conditions on a mixture label this way.
 
 Input stem: token channels → embeddings, concatenated per pixel, straight into the UNet:
 
@@ -49,6 +56,7 @@ class UNetConfig:
     num_head_channels: int = 64
     dropout: float = 0.4
     time_input: bool = False
+    num_labels: int = 0  # K > 0: conditioned on a label in [0, K) (the seed's ``num_classes``)
 
 
 UNET_PRESETS: dict[str, UNetConfig] = {
@@ -144,10 +152,11 @@ class Upsample(nn.Module):
 
 
 class UNet(nn.Module):
-    """``forward(x, sigma=None) -> logits [B, tokens_per_pixel, H, W, num_classes]``.
+    """``forward(x, sigma=None, label=None) -> logits [B, tokens_per_pixel, H, W, num_classes]``.
 
     ``x``: int ids ``[B, tokens_per_pixel·digits, H, W]`` (channel = token·digits + digit).
     ``sigma`` (time) is used only when ``config.time_input``; otherwise the embedding of t = 0.
+    ``label``: int64 [B] in [0, num_labels] (num_labels = no label) when ``config.num_labels``.
     """
 
     def __init__(self, config: UNetConfig | str | None = None, **overrides):
@@ -157,12 +166,16 @@ class UNet(nn.Module):
             raise ValueError("mdfast: 'token_dim' must be divisible by 'digits'")
         self.config = cfg
         mc = cfg.model_channels
-        emb_ch = 4 * mc if cfg.time_input else 0
+        if cfg.num_labels < 0:
+            raise ValueError(f"mdfast: 'num_labels' must be >= 0, got {cfg.num_labels}")
+        emb_ch = 4 * mc if cfg.time_input or cfg.num_labels else 0
         self.digit_embed = nn.Embedding(cfg.digit_vocab, cfg.token_dim // cfg.digits)
         if cfg.time_input:
             self.time_embed = nn.Sequential(
                 nn.Linear(mc, emb_ch), nn.SiLU(), nn.Linear(emb_ch, emb_ch)
             )
+        if cfg.num_labels:
+            self.label_emb = nn.Embedding(cfg.num_labels + 1, emb_ch, padding_idx=cfg.num_labels)
         in_ch = cfg.tokens_per_pixel * cfg.token_dim
         attn_ds = {cfg.image_size // r for r in cfg.attention_resolutions}
         ch = int(cfg.channel_mult[0] * mc)
@@ -211,7 +224,12 @@ class UNet(nn.Module):
         e = self.digit_embed(x)  # [B, T·ℓ, H, W, d/ℓ]; the ℓ digits of a token are adjacent
         return e.permute(0, 1, 4, 2, 3).reshape(b, c * e.shape[-1], h, w)
 
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        sigma: torch.Tensor | None = None,
+        label: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         cfg = self.config
         b = x.shape[0]
         emb = None
@@ -220,6 +238,13 @@ class UNet(nn.Module):
             t = t.reshape(-1).expand(b) if t.numel() == 1 else t.reshape(-1)
             emb = sinusoidal_embedding(t, cfg.model_channels)
             emb = self.time_embed(emb.to(self.time_embed[0].weight.dtype))
+        if cfg.num_labels:
+            if label is None:
+                label = torch.full((b,), cfg.num_labels, dtype=torch.long, device=x.device)
+            lab = self.label_emb(label.reshape(b).to(x.device))
+            emb = lab if emb is None else emb + lab
+        elif label is not None:
+            raise ValueError("mdfast: this UNet has no label input (config.num_labels = 0)")
         h = self.embed(x)
         hs = []
         for blk in self.input_blocks:
