@@ -4,17 +4,45 @@ Embedding ``h = E[x] + 1[x = m]·MLP(ε)`` with the MLP's last layer zero-initia
 after loading an MDLM checkpoint into ``.dit``) IMDM is exactly MDLM. Training is MDLM's SUBS loss
 with a fresh ε per position per call. :func:`imdm_posterior` / :func:`imdm_update` give the
 reverse step with keep/redraw of ε.
+
+Seeded ε (:func:`seeded_eps`): a sample with seed ``s`` (an int in [0, 2^32)) has the noise
+ε[l, d] = (2u − 1)·scale, u = element l·D + d of the Philox stream (:data:`EPS_STREAM`, offset
+``(k << 32) | s``), where ``k = 0`` is the initial draw and ``k ≥ 1`` the redraws of reverse step
+k. So ε depends on the seed alone (not on the batch, the process or the run's seed): samples
+that share a seed share ε, and a coupling file that stores the seed regenerates it.
 """
 
 from __future__ import annotations
+
+import hashlib
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mdfast import ops
 from mdfast.diffusion.mdlm import MDLM
 
-__all__ = ["IMDM", "EpsilonMLP", "IMDMBackbone", "imdm_posterior", "imdm_update"]
+__all__ = [
+    "EPS_STREAM",
+    "IMDM",
+    "EpsilonMLP",
+    "IMDMBackbone",
+    "imdm_posterior",
+    "imdm_update",
+    "redraw_probability",
+    "seeded_eps",
+]
+
+# Philox key of the seeded ε (a fixed constant: seeded ε must not change between versions, or a
+# coupling file written earlier would regenerate other noise; its header names this stream)
+EPS_STREAM = (
+    int.from_bytes(hashlib.blake2b(b"mdfast/imdm/seeded-eps/1", digest_size=8).digest(), "little")
+    >> 1
+)
+EPS_STREAM_NAME = "mdfast-imdm-eps/1"
+_SEED_LIMIT = 2**32
+_STEP_LIMIT = 2**31
 
 
 class EpsilonMLP(nn.Module):
@@ -39,6 +67,7 @@ class IMDMBackbone(nn.Module):
         mask_index: int,
         noise_dim: int | None = None,
         noise_scale: float = 1.0,
+        as_mdlm: bool = False,
     ):
         super().__init__()
         self.dit = dit
@@ -46,14 +75,21 @@ class IMDMBackbone(nn.Module):
         self.noise_dim = noise_dim or d
         self.noise_scale = noise_scale
         self.mask_index = mask_index
+        self.as_mdlm = as_mdlm  # ablation: the ε branch outputs zero (the network cannot see ε)
         self.eps_mlp = EpsilonMLP(self.noise_dim, d)
 
     def draw_eps(self, shape, device, generator=None) -> torch.Tensor:
         u = torch.rand(*shape, self.noise_dim, device=device, generator=generator)
         return (2 * u - 1) * self.noise_scale
 
+    def eps_from_seeds(self, seeds: torch.Tensor, length: int, step: int = 0) -> torch.Tensor:
+        """:func:`seeded_eps` of this backbone's ``noise_dim`` and ``noise_scale``."""
+        return seeded_eps(seeds, length, self.noise_dim, step=step, scale=self.noise_scale)
+
     def embeds(self, xt: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         h = self.dit.embed(xt)
+        if self.as_mdlm:
+            return h
         masked = (xt == self.mask_index)[..., None].to(h.dtype)
         return h + masked * self.eps_mlp(eps.to(h.dtype))
 
@@ -91,10 +127,11 @@ class IMDM(MDLM):
         mask_index: int,
         noise_dim: int | None = None,
         noise_scale: float = 1.0,
+        as_mdlm: bool = False,
         **kwargs,
     ):
         if not isinstance(model, IMDMBackbone):
-            model = IMDMBackbone(model, mask_index, noise_dim, noise_scale)
+            model = IMDMBackbone(model, mask_index, noise_dim, noise_scale, as_mdlm)
         super().__init__(model, mask_index, **kwargs)
 
 
@@ -107,6 +144,56 @@ def imdm_posterior(alpha_t, alpha_s):
     r = alpha_t / alpha_s
     den = 1 - alpha_t
     return (alpha_s - alpha_t) / den, (r - alpha_t) / den, (1 - r) * (1 - alpha_s) / den
+
+
+def redraw_probability(alpha_t, alpha_s):
+    """P(redraw ε | the masked position stays masked) = p_redraw / (p_keep + p_redraw)
+    = 1 − α_t/α_s (float64; 0 where nothing stays masked, α_s = 1). Drawing "unmask" with
+    :func:`mdfast.ops.mask_step`'s MDLM probability and then "redraw" with this one gives the
+    three masses of :func:`imdm_posterior`."""
+    _, p_keep, p_redraw = imdm_posterior(alpha_t, alpha_s)
+    stay = p_keep + p_redraw
+    return torch.where(stay > 0, p_redraw / stay.clamp_min(1e-300), torch.zeros_like(stay))
+
+
+def _rows_uniform(offsets: list[int], n: int, key: int, device) -> torch.Tensor:
+    """float32 [R, n]: row r = ``mdfast.ops.uniform((n,), key, offsets[r])``."""
+    if not offsets:
+        return torch.empty(0, n, device=device)
+    return torch.stack(
+        [ops.uniform((n,), key, o, dtype=torch.float32, device=device) for o in offsets]
+    )
+
+
+def seeded_eps(
+    seeds: torch.Tensor,
+    length: int,
+    noise_dim: int,
+    *,
+    step: int = 0,
+    scale: float = 1.0,
+    device=None,
+) -> torch.Tensor:
+    """ε [B, length, noise_dim] of the samples with seeds ``seeds`` (ints in [0, 2^32), [B]):
+    (2u − 1)·scale with u the Philox uniforms (float32) of stream :data:`EPS_STREAM` at offset
+    ``(step << 32) | seed``, element l·noise_dim + d for ε[l, d] (see the module docstring).
+    ``step`` 0 is the initial ε, ``k ≥ 1`` the redraw of reverse step k. On ``seeds``' device
+    unless ``device`` is given."""
+    seeds = torch.as_tensor(seeds)
+    if seeds.dtype not in (torch.int64, torch.int32) or seeds.dim() != 1:
+        raise ValueError(
+            f"mdfast: argument 'seeds' must be an integer tensor of shape [B], got "
+            f"{seeds.dtype} {list(seeds.shape)}"
+        )
+    if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step < _STEP_LIMIT:
+        raise ValueError(f"mdfast: argument 'step' must be an int in [0, 2^31), got {step!r}")
+    values = seeds.tolist()
+    bad = [v for v in values if not 0 <= v < _SEED_LIMIT]
+    if bad:
+        raise ValueError(f"mdfast: argument 'seeds' must lie in [0, 2^32), got {bad[0]}")
+    device = seeds.device if device is None else torch.device(device)
+    u = _rows_uniform([(step << 32) | v for v in values], length * noise_dim, EPS_STREAM, device)
+    return ((2 * u - 1) * scale).view(len(values), length, noise_dim)
 
 
 def imdm_update(xt, eps, x0_draw, alpha_t, alpha_s, mask_index: int, backbone=None, generator=None):

@@ -154,7 +154,15 @@ def register() -> None:
     register_objective("ar", {"exclude_index": -1, "fused": False}, _ar)
     register_objective(
         "imdm",
-        {"mask_index": -1, "T": 0, "fused": False, "noise_dim": 0, "noise_scale": 1.0, **_DIFF},
+        {
+            "mask_index": -1,
+            "T": 0,
+            "fused": False,
+            "noise_dim": 0,
+            "noise_scale": 1.0,
+            "as_mdlm": False,
+            **_DIFF,
+        },
         _imdm,
     )
     register_objective(

@@ -33,6 +33,9 @@ Time runs on MDLM's grid t_k = linspace(1, eps, T + 1); a step goes t = t_k -> s
   SEDD's denoiser step (every masked position *samples* its token).
 * :func:`remdm` — ReMDM remasking (cap, rescale, conf, loop), the forward-backward corrector
   (``"fb"``) and the DFM corrector (``"dfm"``) on MDLM's cached chain with alpha_t = 1 - t.
+* :func:`imdm` — IMDM's sampler: MDLM's chain on the tokens plus the noise ε of the masked
+  positions, kept or redrawn by IMDM's three-way posterior and seeded per sample
+  (:mod:`mdfast.sampling.imdm`).
 * :func:`semi_ar` — semi-autoregressive generation; ``prefix=`` conditions any sampler on fixed
   leading tokens (carry-over keeps them; remasking never touches them).
 
@@ -45,6 +48,7 @@ from __future__ import annotations
 from mdfast.sampling import schedules
 from mdfast.sampling.ancestral import analytic, ddpm, ddpm_cache, first_hitting
 from mdfast.sampling.chain import SampleResult, grid_plan
+from mdfast.sampling.imdm import default_eps_seeds, imdm
 from mdfast.sampling.remdm import LOOP_DEFAULTS, REMDM_DEFAULTS, remdm, remdm_plan
 from mdfast.sampling.semi_ar import sample, semi_ar
 
@@ -55,8 +59,10 @@ __all__ = [
     "analytic",
     "ddpm",
     "ddpm_cache",
+    "default_eps_seeds",
     "first_hitting",
     "grid_plan",
+    "imdm",
     "remdm",
     "remdm_plan",
     "sample",

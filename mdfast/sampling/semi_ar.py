@@ -6,6 +6,7 @@ import torch
 
 from mdfast.sampling.ancestral import analytic, ddpm, ddpm_cache, first_hitting
 from mdfast.sampling.chain import SampleResult
+from mdfast.sampling.imdm import imdm
 from mdfast.sampling.remdm import remdm
 
 _SAMPLERS = {
@@ -13,11 +14,12 @@ _SAMPLERS = {
     "ddpm_cache": ddpm_cache,
     "first_hitting": first_hitting,
     "analytic": analytic,
+    "imdm": imdm,
 }
 
 
 def sample(model, *, sampler: str = "ddpm_cache", **kwargs) -> SampleResult:
-    """Dispatch by name: ``ddpm``, ``ddpm_cache``, ``first_hitting``, ``analytic``, or
+    """Dispatch by name: ``ddpm``, ``ddpm_cache``, ``first_hitting``, ``analytic``, ``imdm``, or
     ``remdm-<strategy>`` (cap, rescale, conf, loop, fb, dfm) as in ReMDM's ``sampling.sampler``."""
     if sampler.startswith("remdm-"):
         return remdm(model, strategy=sampler[len("remdm-") :], **kwargs)

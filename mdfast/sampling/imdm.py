@@ -1,0 +1,244 @@
+"""IMDM's ancestral sampler: MDLM's chain on the tokens plus the continuous noise ε of the masked
+positions, carried across steps.
+
+A masked position at t with noise ε moves to s < t by IMDM's three-way posterior
+(:func:`mdfast.diffusion.imdm_posterior`, r = α_t/α_s):
+
+* unmask to v ~ p_θ(· | x_t, ε)        with probability (α_s − α_t)/(1 − α_t),
+* stay masked and keep ε               with probability (r − α_t)/(1 − α_t),
+* stay masked and redraw ε             with probability (1 − r)(1 − α_s)/(1 − α_t).
+
+Keep + redraw = (1 − α_s)/(1 − α_t), MDLM's stay-masked mass, so the token marginal of a step is
+MDLM's. The sampler draws it as two independent events: the unmask event of
+:func:`mdfast.ops.mask_step` (MDLM's probability, O(1) per position, the token drawn by
+:func:`mdfast.ops.sample_x0` from the head rows of the unmasking positions only), then for the
+positions that stay masked a redraw event with probability 1 − α_t/α_s
+(:func:`mdfast.diffusion.imdm.redraw_probability`), whose product with the stay mass is the
+redraw mass above. No B × L × V tensor is formed: the denoiser's hidden states are cached and
+logits are computed for the unmasking rows.
+
+ε is seeded per sample (:func:`mdfast.diffusion.seeded_eps`): sample b has an ε seed
+``eps_seeds[b]`` in [0, 2^32); its initial ε and the fresh ε of a redraw at step k are functions of
+that seed alone, so samples given the same seed share ε (IMDM's duplicated samples, the total
+correlation metric) and a coupling file that stores the seed regenerates the noise. The seed code
+redraws ε with unseeded noise (``torch.rand``); here a redraw at step k reads offset k of the
+sample's stream, so the whole ε path is a function of the seed.
+
+``fix_eps`` never redraws (IM-SDTT's teacher); ``mdlm_posterior`` uses MDLM's two-way posterior,
+which also keeps ε: the two switches give the same chain. The denoiser is not time-conditioned,
+so its output is reused while neither a token nor an ε changed (the seed code reuses it whenever
+no token changed, dropping the ε redraws of those steps).
+
+Time grid: t_k = linspace(1, eps, K + 1)_k · t_start (per sample; ``t_start`` < 1 with a partly
+masked ``x_start`` continues a trajectory, as the coupling generation does). The last step goes
+to α = 1 (``last_step="ancestral"``, IMDM's ``noise_removal=ancestral``: every position still
+masked draws its token), or to t = eps followed by the argmax of the positions still masked
+(``"argmax"``, MDLM's ``ddpm``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+
+from mdfast import ops
+from mdfast.diffusion.imdm import redraw_probability, seeded_eps
+from mdfast.rng import PhiloxStream
+from mdfast.sampling.chain import (
+    SampleResult,
+    _Denoiser,
+    _draw_rows,
+    _grid,
+    _init_x,
+    _noise_removal,
+    _nvtx,
+    _Opts,
+    _rng_kw,
+)
+from mdfast.schedules import Schedule, get_schedule
+
+__all__ = ["IMDM_OPTIONS", "default_eps_seeds", "imdm"]
+
+# the options of imdm() beyond the ones every sampler takes
+IMDM_OPTIONS = ("fix_eps", "mdlm_posterior", "eps_seeds", "x_start", "t_start", "last_step",
+                "cache")  # fmt: skip
+_LAST_STEPS = ("ancestral", "argmax")
+
+
+def _derived_seed(seed: int, name: str) -> int:
+    """An unrelated 63-bit Philox seed for the ``name`` draws of a sampler run with ``seed``."""
+    text = repr(("mdfast", seed, name)).encode()
+    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little") >> 1
+
+
+def default_eps_seeds(seed: int, batch_size: int, device=None) -> torch.Tensor:
+    """The ε seeds of a batch when none are given: one per sample, uniform in [0, 2^32), from the
+    sampler's ``seed`` (int64 [batch_size])."""
+    u = ops.uniform((batch_size,), _derived_seed(seed, "imdm/eps-seeds"), 0, device=device)
+    return (u * 2**32).floor().to(torch.int64).clamp_(0, 2**32 - 1)
+
+
+class _EpsDenoiser(_Denoiser):
+    """Calls an ε-aware model (``hidden(x, eps=ε)`` + ``head``, or ``model(x, eps=ε)``)."""
+
+    def __call__(self, x: torch.Tensor, eps: torch.Tensor | None) -> torch.Tensor:
+        self.calls += 1
+        self.sequences += x.shape[0]
+        with _nvtx("denoise"):
+            fn = self.model.hidden if self.split else self.model
+            return fn(x) if eps is None else fn(x, eps=eps)
+
+
+def _alphas(steps, schedule, eps, t_start, batch, device) -> torch.Tensor:
+    """float64 [steps + 1, B]: α at the grid times linspace(1, eps, steps + 1) · t_start."""
+    sched = get_schedule(schedule) if isinstance(schedule, str) else schedule
+    if not isinstance(sched, Schedule):
+        raise ValueError(
+            f"mdfast: argument 'schedule' must be a schedule name or Schedule, got {schedule!r}"
+        )
+    grid = [t for t, _ in _grid(steps, eps)] + [eps]
+    times = torch.tensor(grid, dtype=torch.float64, device=device)[:, None]
+    if t_start is None:
+        return sched.alpha(times).expand(-1, batch).contiguous()
+    return sched.alpha(times * t_start[None, :])
+
+
+def _start(x_start, t_start, batch_size, length, mask_index, prefix, device):
+    """(x, P, t_start or None): the initial state, all-mask with an optional prefix, or
+    ``x_start`` (a partly masked batch) with its start times."""
+    if x_start is None:
+        if t_start is not None:
+            raise ValueError("mdfast: argument 't_start' needs 'x_start' (the partly masked batch)")
+        x, P = _init_x(batch_size, length, mask_index, prefix, device)
+        return x, P, None
+    if prefix is not None:
+        raise ValueError("mdfast: give either 'prefix' or 'x_start', not both")
+    x = torch.as_tensor(x_start, device=device).to(torch.int64).clone()
+    if tuple(x.shape) != (batch_size, length):
+        raise ValueError(
+            f"mdfast: argument 'x_start' must have shape [batch_size, length] = "
+            f"[{batch_size}, {length}], got {list(x.shape)}"
+        )
+    if t_start is None:
+        return x, 0, None
+    t = torch.as_tensor(t_start, dtype=torch.float64, device=x.device).reshape(-1)
+    if t.shape[0] != batch_size:
+        raise ValueError(
+            f"mdfast: argument 't_start' must have shape [batch_size] = [{batch_size}], got "
+            f"{list(t.shape)}"
+        )
+    if not bool(((t >= 0) & (t <= 1)).all()):
+        raise ValueError("mdfast: argument 't_start' must lie in [0, 1]")
+    return x, 0, t
+
+
+def imdm(
+    model,
+    *,
+    batch_size: int,
+    length: int,
+    mask_index: int,
+    steps: int,
+    seed: int = 0,
+    schedule: str | Schedule = "loglinear",
+    eps: float = 1e-5,
+    noise_removal: bool = True,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    nucleus: str = "remdm",
+    prefix=None,
+    device=None,
+    fix_eps: bool = False,
+    mdlm_posterior: bool = False,
+    eps_seeds: torch.Tensor | None = None,
+    x_start: torch.Tensor | None = None,
+    t_start: torch.Tensor | None = None,
+    last_step: str = "ancestral",
+    cache: bool = True,
+) -> SampleResult:
+    """IMDM ancestral sampling (see the module docstring for the chain and its draws).
+
+    ``model``: an IMDM backbone (:class:`mdfast.diffusion.IMDMBackbone`, or anything with a
+    ``noise_dim`` attribute and ``hidden(x, eps=ε)`` + ``head(rows)`` or ``model(x, eps=ε)``), or a
+    plain MDLM denoiser (no ε: the sampler is then MDLM's chain with this time grid).
+
+    ``eps_seeds``: int64 [batch_size] ε seeds in [0, 2^32) (default :func:`default_eps_seeds`);
+    equal seeds give equal ε. ``x_start`` / ``t_start``: start from a partly masked batch at
+    per-sample times (default: all-mask, or the ``prefix`` kept fixed, at t = 1).
+    ``noise_removal=False`` leaves the positions still masked at the end as they are
+    (``last_step`` then does not apply). ``cache=False`` calls the denoiser every step (the same
+    samples, for testing the cache). Token draws, unmask events and redraw events come from Philox
+    streams of ``seed``: the same seed and ε seeds give the same samples.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"mdfast: argument 'seed' must be a non-negative int, got {seed!r}")
+    if last_step not in _LAST_STEPS:
+        raise ValueError(f"mdfast: argument 'last_step' must be one of {_LAST_STEPS}, got "
+                         f"{last_step!r}")  # fmt: skip
+    x, P, t0 = _start(x_start, t_start, batch_size, length, mask_index, prefix, device)
+    del P  # prefix positions are decoded: mask_step carries them over
+    dev = x.device
+    noise_dim = getattr(model, "noise_dim", None)
+    den = _EpsDenoiser(model, False)
+    rng = PhiloxStream(seed)
+    redraw_rng = PhiloxStream(_derived_seed(seed, "imdm/redraw"))
+    opts = _Opts(mask_index, temperature, top_p, top_k, nucleus)
+    alphas = _alphas(steps, schedule, eps, t0, batch_size, dev)
+    ancestral_end = noise_removal and last_step == "ancestral"
+    if ancestral_end:
+        alphas[-1] = 1.0
+    eps_now = None
+    if noise_dim is not None:
+        if eps_seeds is None:
+            eps_seeds = default_eps_seeds(seed, batch_size, dev)
+        eps_seeds = torch.as_tensor(eps_seeds, device=dev)
+        if tuple(eps_seeds.shape) != (batch_size,):
+            raise ValueError(
+                f"mdfast: argument 'eps_seeds' must have shape [batch_size] = [{batch_size}], "
+                f"got {list(eps_seeds.shape)}"
+            )
+        eps_of = _eps_source(model, noise_dim)
+        eps_now = eps_of(eps_seeds, length)
+    redraws = eps_now is not None and not (fix_eps or mdlm_posterior)
+    out = None
+    for k in range(steps):
+        a_t, a_s = alphas[k], alphas[k + 1]
+        if out is None:
+            out = den(x, eps_now)
+        masked = x == mask_index
+        with _nvtx("sample"):
+            x_next, changed, _ = ops.mask_step(
+                x, None, mask_index=mask_index, alpha_t=a_t, alpha_s=a_s, **_rng_kw(rng)
+            )
+            rows = (changed & masked).reshape(-1).nonzero()[:, 0]
+            if rows.numel():
+                _draw_rows(den, out, x_next, rows, opts, rng)
+        touched = bool(changed.any())
+        if redraws:
+            stay = masked & ~changed
+            if bool(stay.any()):
+                u = ops.uniform(x.shape, *redraw_rng.next(), device=dev)
+                redraw = stay & (u < redraw_probability(a_t, a_s)[:, None])
+                hit = redraw.any(dim=1).nonzero()[:, 0]
+                if hit.numel():
+                    fresh = eps_of(eps_seeds[hit], length, step=k + 1)
+                    eps_now[hit] = torch.where(redraw[hit, :, None], fresh.to(eps_now.dtype),
+                                               eps_now[hit])  # fmt: skip
+                    touched = True
+        if touched or not cache:
+            out = None
+        x = x_next
+    if noise_removal and not ancestral_end and bool((x == mask_index).any()):
+        if out is None:
+            out = den(x, eps_now)
+        _noise_removal(den, out, x, 0.0, opts, rng)
+    return SampleResult(x, den.calls, steps, den.sequences)
+
+
+def _eps_source(model, noise_dim: int):
+    """``(seeds, length, step=0) -> ε``: the model's own seeded ε (its scale) or the unit one."""
+    if hasattr(model, "eps_from_seeds"):
+        return model.eps_from_seeds
+    return lambda seeds, length, step=0: seeded_eps(seeds, length, noise_dim, step=step)
