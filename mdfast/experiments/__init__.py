@@ -90,7 +90,11 @@ def _sample_defaults(_: dict) -> dict:
             "noise_removal": True, "use_ema": True, "out": "", "precision": "auto",
             # ReMDM (eta < 0: the strategy's default), semi-AR windows, repeated batches
             "eta": -1.0, "t_on": 0.55, "t_off": 0.05, "alpha_on": 0.9,
-            "semi_ar": False, "stride_length": 0, "num_strides": 0, "num_batches": 1}  # fmt: skip
+            "semi_ar": False, "stride_length": 0, "num_strides": 0, "num_batches": 1,
+            # IMDM (sampler imdm): keep ε (fix_eps) or MDLM's posterior, one ε seed for every
+            # sample (eps_seed >= 0; -1: one per sample), samples per ε seed (duplicate > 1:
+            # the total correlation)
+            "fix_eps": False, "mdlm_posterior": False, "eps_seed": -1, "duplicate": 1}  # fmt: skip
 
 
 _DEFAULTS = {

@@ -38,13 +38,11 @@ masked draws its token), or to t = eps followed by the argmax of the positions s
 
 from __future__ import annotations
 
-import hashlib
-
 import torch
 
 from mdfast import ops
 from mdfast.diffusion.imdm import redraw_probability, seeded_eps
-from mdfast.rng import PhiloxStream
+from mdfast.rng import PhiloxStream, derived_seed
 from mdfast.sampling.chain import (
     SampleResult,
     _Denoiser,
@@ -66,16 +64,10 @@ IMDM_OPTIONS = ("fix_eps", "mdlm_posterior", "eps_seeds", "x_start", "t_start", 
 _LAST_STEPS = ("ancestral", "argmax")
 
 
-def _derived_seed(seed: int, name: str) -> int:
-    """An unrelated 63-bit Philox seed for the ``name`` draws of a sampler run with ``seed``."""
-    text = repr(("mdfast", seed, name)).encode()
-    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little") >> 1
-
-
 def default_eps_seeds(seed: int, batch_size: int, device=None) -> torch.Tensor:
     """The ε seeds of a batch when none are given: one per sample, uniform in [0, 2^32), from the
     sampler's ``seed`` (int64 [batch_size])."""
-    u = ops.uniform((batch_size,), _derived_seed(seed, "imdm/eps-seeds"), 0, device=device)
+    u = ops.uniform((batch_size,), derived_seed(seed, "imdm/eps-seeds"), 0, device=device)
     return (u * 2**32).floor().to(torch.int64).clamp_(0, 2**32 - 1)
 
 
@@ -183,7 +175,7 @@ def imdm(
     noise_dim = getattr(model, "noise_dim", None)
     den = _EpsDenoiser(model, False)
     rng = PhiloxStream(seed)
-    redraw_rng = PhiloxStream(_derived_seed(seed, "imdm/redraw"))
+    redraw_rng = PhiloxStream(derived_seed(seed, "imdm/redraw"))
     opts = _Opts(mask_index, temperature, top_p, top_k, nucleus)
     alphas = _alphas(steps, schedule, eps, t0, batch_size, dev)
     ancestral_end = noise_removal and last_step == "ancestral"

@@ -409,9 +409,13 @@ def train(objective: nn.Module, dataset, cfg: TrainConfig, *, full_config: dict 
             dist.barrier()
         return path
 
+    # an objective with a schedule over steps (SDTT's rounds) is told the step before it runs
+    begin_step = getattr(objective, "begin_step", None)
     try:
         for step in range(start, cfg.steps):
             t0 = time.perf_counter()
+            if begin_step is not None:
+                begin_step(step)
             loss_sum = torch.zeros((), device=dev, dtype=torch.float64)
             metric_sum: dict[str, torch.Tensor] = {}
             n_samples = n_tokens = 0
