@@ -133,7 +133,7 @@ def _check_data(cfg: dict, *datasets) -> None:
 def _train(args) -> int:
     import torch
 
-    from mdfast.experiments.build import build_data, build_model, build_objective
+    from mdfast.experiments.build import build_data
     from mdfast.train import TrainConfig, train
 
     cfg = _config(args)
@@ -145,7 +145,7 @@ def _train(args) -> int:
     torch.manual_seed(cfg["train"]["seed"])  # identical init on every rank
     train_data, _ = build_data(cfg["data"])
     _check_data(cfg, train_data)
-    objective = build_objective(cfg["objective"], build_model(cfg["model"]))
+    objective = _objective_with_init(cfg)
     result = train(objective, train_data, TrainConfig(**cfg["train"]), full_config=cfg)
     if int(os.environ.get("RANK", 0)) == 0:
         last = result["losses"][-1] if result["losses"] else float("nan")
@@ -407,8 +407,8 @@ def _teacher(path: str, state: dict, cfg: dict):
     kind = tcfg["objective"]["name"]
     if kind not in ("mdlm", "imdm", "sdtt", "redi"):
         raise ValueError(
-            f"mdfast: checkpoint '{path}' was trained with objective '{kind}'; distillation takes "
-            "an mdlm, imdm, sdtt or redi checkpoint (model.init_from)"
+            f"mdfast: checkpoint '{path}' was trained with objective '{kind}'; model.init_from "
+            "takes an mdlm, imdm, sdtt or redi checkpoint"
         )
     mine, theirs = cfg["objective"]["mask_index"], tcfg["objective"]["mask_index"]
     if mine != theirs:
@@ -420,26 +420,35 @@ def _teacher(path: str, state: dict, cfg: dict):
     return tcfg, objective.model
 
 
-def _student_from(cfg: dict):
-    """The run's objective with the weights of ``model.init_from`` (an mdfast checkpoint, or
-    published weights the model factory loads); the stored config keeps no init_from."""
+def _objective_with_init(cfg: dict):
+    """The run's objective. ``model.init_from`` = an mdfast training checkpoint puts its (EMA)
+    weights into the objective's backbone (:func:`mdfast.distill.transfer_weights`: an MDLM into
+    an IMDM keeps the zero ε branch) and is cleared from ``cfg`` (the run's checkpoints hold every
+    weight); other paths are published weights that the model factory loads."""
     from mdfast.distill import transfer_weights
     from mdfast.experiments.build import build_model, build_objective
 
+    init = cfg["model"].get("init_from", "")
+    state = _training_checkpoint(init) if init else None
+    if state is None:
+        return build_objective(cfg["objective"], build_model(cfg["model"]))
+    _, source = _teacher(init, state, cfg)
+    objective = build_objective(cfg["objective"], build_model({**cfg["model"], "init_from": ""}))
+    transfer_weights(source, objective.model, what=f"checkpoint '{init}'")
+    cfg["model"]["init_from"] = ""
+    return objective
+
+
+def _student_from(cfg: dict):
+    """(objective, teacher path): the run's objective started from ``model.init_from`` (an
+    mdfast checkpoint or published weights), its teacher (SDTT) a copy of those weights."""
     init = cfg["model"].get("init_from", "")
     if not init:
         raise ValueError(
             "mdfast distill: set model.init_from=CKPT (the teacher: an mdfast checkpoint, e.g. "
             "runs/mdlm-lm1b/ckpt-00100000.pt, or published MDLM weights)"
         )
-    state = _training_checkpoint(init)
-    if state is None:  # published weights: the factory loads them into the student's DiT
-        objective = build_objective(cfg["objective"], build_model(cfg["model"]))
-    else:
-        _, teacher = _teacher(init, state, cfg)
-        objective = build_objective(cfg["objective"],
-                                    build_model({**cfg["model"], "init_from": ""}))  # fmt: skip
-        transfer_weights(teacher, objective.model, what=f"checkpoint '{init}'")
+    objective = _objective_with_init(cfg)
     if hasattr(objective, "reset_teacher"):
         objective.reset_teacher()
     cfg["model"]["init_from"] = ""  # the run's checkpoints hold every weight

@@ -16,6 +16,8 @@
 - Logs: a progress line (loss, samples/s, tokens/s) on rank 0, ``log.csv`` in ``out_dir``,
   TensorBoard when ``torch.utils.tensorboard`` imports, wandb when ``cfg.wandb`` and installed.
 - ``MDFAST_NVTX=1`` wraps forward/backward/step in NVTX ranges (CUDA only).
+- An objective with a ``begin_step(step)`` method (SDTT's rounds) is called with the global step
+  before each optimiser step, also after ``resume``.
 - A non-finite loss raises :class:`NonFiniteLossError` with the step number before the optimiser
   step; no checkpoint is written, so the last one stays intact.
 """
