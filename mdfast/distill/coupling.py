@@ -26,6 +26,8 @@ import os
 import numpy as np
 import torch
 
+from mdfast.data.text.tokens import check_header
+
 __all__ = ["COUPLING_FORMAT", "CouplingFile", "CouplingWriter", "read_coupling_header"]
 
 COUPLING_FORMAT = "mdfast-coupling/1"
@@ -146,24 +148,17 @@ class CouplingFile:
     ) -> None:
         """Raise, naming the option, when the header disagrees with the run's settings (None:
         not checked)."""
-        hp = os.path.join(self.path, HEADER)
-        checks = (
+        checks = [
             ("model_vocab_size", vocab_size, "model.vocab_size"),
             ("mask_id", mask_index, "objective.mask_index"),
             ("length", length, "data.length"),
             ("tokenizer", tokenizer, "data.tokenizer"),
-            ("noise_dim", noise_dim, "objective.noise_dim"),
-        )
-        for field, want, option in checks:
-            have = self.header.get(field)
-            if want is None or (field == "noise_dim" and have is None):
-                continue
-            if have != want:
-                raise ValueError(
-                    f"mdfast: coupling header '{hp}' field '{field}' = {have!r} but the run has "
-                    f"{option}={want!r} (a coupling made for another model or data; make one for "
-                    "this preset with mdfast distill redi-data, or override the option)"
-                )
+        ]
+        if "noise_dim" in self.header:  # couplings of an MDLM teacher have no ε
+            checks.append(("noise_dim", noise_dim, "objective.noise_dim"))
+        check_header(self.header, os.path.join(self.path, HEADER), checks, "the run",
+                     "a coupling made for another model or data; make one for this preset with "
+                     "mdfast distill redi-data, or override the option")  # fmt: skip
 
 
 class CouplingWriter:
