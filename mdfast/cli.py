@@ -273,6 +273,9 @@ class _SigmaTime:
         return self.model.head(h)
 
 
+_IMDM_ONLY = ("eps_seeds", "fix_eps", "mdlm_posterior")
+
+
 def _sample(args) -> int:
     import contextlib
 
@@ -331,6 +334,11 @@ def _sample(args) -> int:
         distinct = sp["batch_size"] // dup
         group = torch.arange(distinct).repeat(dup) + b * distinct
         if sampler == "imdm":
+            if sp["eps_seed"] >= 2**31:
+                raise ValueError(
+                    f"mdfast sample: sample.eps_seed must be in [0, 2^31) (or -1), got "
+                    f"{sp['eps_seed']}"
+                )
             if sp["eps_seed"] >= 0:
                 seeds = torch.full((distinct,), sp["eps_seed"], dtype=torch.int64)
             else:
@@ -338,10 +346,12 @@ def _sample(args) -> int:
             kw["eps_seeds"] = seeds.repeat(dup).to(dev)
         with torch.no_grad(), ctx:
             if sp["semi_ar"]:
+                own = {k: kw.pop(k) for k in _IMDM_ONLY if k in kw}
                 res = sampling.semi_ar(model, sampler=sampler, length=int(length),
                                        device=dev, mask_index=cfg["objective"]["mask_index"],
                                        stride_length=sp["stride_length"],
-                                       num_strides=sp["num_strides"], **kw)  # fmt: skip
+                                       num_strides=sp["num_strides"], sampler_options=own,
+                                       **kw)  # fmt: skip
             else:
                 res = sampling.sample(model, sampler=sampler, length=int(length),
                                       device=dev, mask_index=cfg["objective"]["mask_index"],
@@ -620,6 +630,7 @@ def _objective_loss(objective, dataset, ev, dev) -> dict:
     """Mean objective loss over the split, for objectives without a likelihood estimator."""
     import torch
 
+    from mdfast import rng
     from mdfast.train.data import StepBatches
 
     n = StepBatches(dataset, 1, shuffle=False).n
@@ -629,10 +640,11 @@ def _objective_loss(objective, dataset, ev, dev) -> dict:
     torch.manual_seed(ev["seed"])
     total, steps = 0.0, max(1, n // bs)
     with torch.no_grad():
-        for i in range(steps):
+        for i in range(steps):  # batch i's noise: (eval.seed, step i, sample index), as in training
             b = batches.get(i, 0)
             b = {k: v.to(dev) for k, v in b.items()} if isinstance(b, dict) else b.to(dev)
-            total += float(objective(b)[0])
+            with rng.noise_key(rng.NoiseKey.for_batch(ev["seed"], i, bs)):
+                total += float(objective(b)[0])
     return {"estimator": "objective_loss", "loss": total / steps, "sequences": steps * bs}
 
 

@@ -17,6 +17,7 @@ from scipy import stats
 
 from mdfast.cli import main as cli_main
 from mdfast.diffusion import MDLM, IMDMBackbone, imdm_posterior, seeded_eps
+from mdfast.diffusion.imdm import EPS_STREAM_NAME
 from mdfast.distill import (
     SDTT,
     CouplingFile,
@@ -224,17 +225,17 @@ def test_transfer_weights_and_mismatches():
         transfer_weights(dit, wide)
 
 
-def _coupling(tmp_path, rows=10, length=5, vocab=V + 1):
+def _coupling(tmp_path, rows=10, length=5, vocab=V + 1, eps_stream=EPS_STREAM_NAME):
     g = torch.Generator().manual_seed(0)
     w = CouplingWriter(str(tmp_path / "c"), rows, length, vocab)
     w.create()
     xt = torch.randint(0, vocab, (rows, length), generator=g)
     x0 = torch.randint(0, vocab - 1, (rows, length), generator=g)
     ts = torch.rand(rows, generator=g, dtype=torch.float64)
-    seeds = torch.randint(0, 2**32, (rows,), generator=g)
+    seeds = torch.randint(0, 2**31, (rows,), generator=g)
     w.write(0, xt[:6], x0[:6], ts[:6], seeds[:6])
     w.write(6, xt[6:], x0[6:], ts[6:], seeds[6:])
-    w.finish({"mask_id": vocab - 1, "tokenizer": "gpt2", "noise_dim": 32})
+    w.finish({"mask_id": vocab - 1, "tokenizer": "gpt2", "noise_dim": 32, "eps_stream": eps_stream})
     return xt, x0, ts, seeds
 
 
@@ -256,6 +257,9 @@ def test_coupling_file_round_trip_and_checks(tmp_path):
             cf.check_compatible(**dict([kw]))
     with pytest.raises(FileExistsError, match="overwrite"):
         CouplingWriter(str(tmp_path / "c"), 10, 5, V + 1).create()
+    _coupling(tmp_path / "old", eps_stream="mdfast-imdm-eps/1")  # seeds of another ε keying
+    with pytest.raises(ValueError, match=r"data\.path.*keys ε by 'mdfast-imdm-eps/1'"):
+        CouplingFile(str(tmp_path / "old" / "c")).check_compatible(noise_dim=32)
     with open(tmp_path / "c" / "x0.bin", "r+b") as f:
         f.truncate(7)
     with pytest.raises(ValueError, match=r"x0\.bin"):

@@ -20,9 +20,10 @@ from test_samplers import MASK, STEPS, ExactDenoiser, L, N, _chain_law, _chi2_ok
 
 from mdfast import sampling
 from mdfast.diffusion import IMDMBackbone, imdm_posterior, redraw_probability, seeded_eps
-from mdfast.diffusion.imdm import EPS_STREAM
+from mdfast.diffusion.imdm import EPS_KEY_SEED, EPS_SEEDS
 from mdfast.models.dit import DiT, DiTConfig
 from mdfast.ops import uniform
+from mdfast.rng import Purpose, stream_seed
 
 P_FAIL = 1e-7
 
@@ -183,13 +184,16 @@ def test_cache_switches_and_seeds(fresh_seed):
 
 def test_eps_is_a_function_of_the_sample_seed(fresh_seed):
     g = torch.Generator().manual_seed(fresh_seed)
-    seeds = torch.randint(0, 2**32, (5,), generator=g)
+    seeds = torch.randint(0, EPS_SEEDS, (5,), generator=g)
     e = seeded_eps(seeds, 4, 3, scale=2.0)
     assert e.shape == (5, 4, 3) and e.abs().max() <= 2.0
-    # row b is the stream of its seed alone, in any batch
+    # row b is the keyed EPSILON noise of sample index = its seed alone, in any batch
     torch.testing.assert_close(seeded_eps(seeds[[3, 1]], 4, 3, scale=2.0), e[[3, 1]])
-    u = uniform((12,), EPS_STREAM, int(seeds[2]), dtype=torch.float32)
+    key = stream_seed(EPS_KEY_SEED, Purpose.EPSILON, "seeded")
+    u = uniform((12,), key, int(seeds[2]), dtype=torch.float32)
     torch.testing.assert_close(e[2].reshape(-1), (2 * u - 1) * 2.0)
+    u1 = uniform((12,), key, (1 << 32) | int(seeds[2]), dtype=torch.float32)
+    torch.testing.assert_close(seeded_eps(seeds, 4, 3, step=1)[2].reshape(-1), 2 * u1 - 1)
     assert not torch.equal(seeded_eps(seeds, 4, 3, step=1), seeded_eps(seeds, 4, 3))
     # the sampler starts from these ε; duplicates (equal seeds) share it, whatever the run seed
     model = SpyModel(5, noise_dim=3)
@@ -200,7 +204,7 @@ def test_eps_is_a_function_of_the_sample_seed(fresh_seed):
     torch.testing.assert_close(first, seeded_eps(dup, 4, 3))
     assert torch.equal(first[0], first[1]) and not torch.equal(first[0], first[2])
     with pytest.raises(ValueError, match="'seeds'"):
-        seeded_eps(torch.tensor([2**32]), 4, 3)
+        seeded_eps(torch.tensor([EPS_SEEDS]), 4, 3)
 
 
 def test_redraws_come_from_the_seed_and_fix_eps_keeps_eps(fresh_seed):

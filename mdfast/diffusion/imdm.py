@@ -5,26 +5,28 @@ after loading an MDLM checkpoint into ``.dit``) IMDM is exactly MDLM. Training i
 with a fresh ε per position per call. :func:`imdm_posterior` / :func:`imdm_update` give the
 reverse step with keep/redraw of ε.
 
-Seeded ε (:func:`seeded_eps`): a sample with seed ``s`` (an int in [0, 2^32)) has the noise
-ε[l, d] = (2u − 1)·scale, u = element l·D + d of the Philox stream (:data:`EPS_STREAM`, offset
-``(k << 32) | s``), where ``k = 0`` is the initial draw and ``k ≥ 1`` the redraws of reverse step
-k. So ε depends on the seed alone (not on the batch, the process or the run's seed): samples
-that share a seed share ε, and a coupling file that stores the seed regenerates it.
+Seeded ε (:func:`seeded_eps`): ``Purpose.EPSILON`` keyed noise (:class:`mdfast.rng.NoiseKey`)
+whose sample index is the ε seed: a sample with seed ``s`` (an int in [0, 2^31)) has
+ε[l, d] = (2u − 1)·scale with u = ``NoiseKey(EPS_KEY_SEED, k, [s], 2^31).uniform(EPSILON,
+(L, D), "seeded")[0, l, d]``, where step ``k = 0`` is the initial draw and ``k ≥ 1`` the redraws
+of reverse step k. So ε depends on the seed alone (not on the batch, the process or the run's
+seed): samples that share a seed share ε, and a coupling file that stores the seed regenerates
+it.
 """
 
 from __future__ import annotations
-
-import hashlib
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mdfast import ops
+from mdfast import rng
 from mdfast.diffusion.mdlm import MDLM
 
 __all__ = [
-    "EPS_STREAM",
+    "EPS_KEY_SEED",
+    "EPS_SEEDS",
+    "EPS_STREAM_NAME",
     "IMDM",
     "EpsilonMLP",
     "IMDMBackbone",
@@ -34,15 +36,11 @@ __all__ = [
     "seeded_eps",
 ]
 
-# Philox key of the seeded ε (a fixed constant: seeded ε must not change between versions, or a
-# coupling file written earlier would regenerate other noise; its header names this stream)
-EPS_STREAM = (
-    int.from_bytes(hashlib.blake2b(b"mdfast/imdm/seeded-eps/1", digest_size=8).digest(), "little")
-    >> 1
-)
-EPS_STREAM_NAME = "mdfast-imdm-eps/1"
-_SEED_LIMIT = 2**32
-_STEP_LIMIT = 2**31
+# the run seed of the seeded-ε keys: a constant, so ε is a function of the ε seed alone and a
+# coupling file written earlier regenerates the same noise (its header names this version)
+EPS_KEY_SEED = 0
+EPS_STREAM_NAME = "mdfast-noisekey/epsilon/seeded/1"
+EPS_SEEDS = 2**31  # ε seeds are ints in [0, EPS_SEEDS)
 
 
 class EpsilonMLP(nn.Module):
@@ -78,8 +76,11 @@ class IMDMBackbone(nn.Module):
         self.as_mdlm = as_mdlm  # ablation: the ε branch outputs zero (the network cannot see ε)
         self.eps_mlp = EpsilonMLP(self.noise_dim, d)
 
-    def draw_eps(self, shape, device, generator=None) -> torch.Tensor:
-        u = torch.rand(*shape, self.noise_dim, device=device, generator=generator)
+    def draw_eps(self, shape, device, generator=None, stream: tuple = ()) -> torch.Tensor:
+        """ε ~ U[−1, 1]^D · scale per position of ``shape``: ``Purpose.EPSILON`` noise (keyed per
+        sample when a NoiseKey is active; ``stream`` ids tell apart several draws of a step)."""
+        u = rng.draw(rng.Purpose.EPSILON, (*shape, self.noise_dim), *stream, device=device,
+                     generator=generator)  # fmt: skip
         return (2 * u - 1) * self.noise_scale
 
     def eps_from_seeds(self, seeds: torch.Tensor, length: int, step: int = 0) -> torch.Tensor:
@@ -156,15 +157,6 @@ def redraw_probability(alpha_t, alpha_s):
     return torch.where(stay > 0, p_redraw / stay.clamp_min(1e-300), torch.zeros_like(stay))
 
 
-def _rows_uniform(offsets: list[int], n: int, key: int, device) -> torch.Tensor:
-    """float32 [R, n]: row r = ``mdfast.ops.uniform((n,), key, offsets[r])``."""
-    if not offsets:
-        return torch.empty(0, n, device=device)
-    return torch.stack(
-        [ops.uniform((n,), key, o, dtype=torch.float32, device=device) for o in offsets]
-    )
-
-
 def seeded_eps(
     seeds: torch.Tensor,
     length: int,
@@ -174,41 +166,47 @@ def seeded_eps(
     scale: float = 1.0,
     device=None,
 ) -> torch.Tensor:
-    """ε [B, length, noise_dim] of the samples with seeds ``seeds`` (ints in [0, 2^32), [B]):
-    (2u − 1)·scale with u the Philox uniforms (float32) of stream :data:`EPS_STREAM` at offset
-    ``(step << 32) | seed``, element l·noise_dim + d for ε[l, d] (see the module docstring).
-    ``step`` 0 is the initial ε, ``k ≥ 1`` the redraw of reverse step k. On ``seeds``' device
-    unless ``device`` is given."""
+    """ε [B, length, noise_dim] of the samples with seeds ``seeds`` (ints in [0, 2^31), [B]):
+    (2u − 1)·scale with u the float32 ``Purpose.EPSILON`` uniforms (id ``"seeded"``) of the
+    :class:`mdfast.rng.NoiseKey` (:data:`EPS_KEY_SEED`, ``step``, sample indices ``seeds``), see
+    the module docstring. ``step`` 0 is the initial ε, ``k ≥ 1`` the redraw of reverse step k.
+    On ``seeds``' device unless ``device`` is given."""
     seeds = torch.as_tensor(seeds)
     if seeds.dtype not in (torch.int64, torch.int32) or seeds.dim() != 1:
         raise ValueError(
             f"mdfast: argument 'seeds' must be an integer tensor of shape [B], got "
             f"{seeds.dtype} {list(seeds.shape)}"
         )
-    if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step < _STEP_LIMIT:
+    if seeds.numel() and not (0 <= int(seeds.min()) and int(seeds.max()) < EPS_SEEDS):
+        bad = int(seeds.min()) if int(seeds.min()) < 0 else int(seeds.max())
+        raise ValueError(f"mdfast: argument 'seeds' must lie in [0, 2^31), got {bad}")
+    if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step < 2**31:
         raise ValueError(f"mdfast: argument 'step' must be an int in [0, 2^31), got {step!r}")
-    values = seeds.tolist()
-    bad = [v for v in values if not 0 <= v < _SEED_LIMIT]
-    if bad:
-        raise ValueError(f"mdfast: argument 'seeds' must lie in [0, 2^32), got {bad[0]}")
     device = seeds.device if device is None else torch.device(device)
-    u = _rows_uniform([(step << 32) | v for v in values], length * noise_dim, EPS_STREAM, device)
-    return ((2 * u - 1) * scale).view(len(values), length, noise_dim)
+    key = rng.NoiseKey(EPS_KEY_SEED, step, seeds.cpu(), EPS_SEEDS)
+    u = key.uniform(rng.Purpose.EPSILON, (length, noise_dim), "seeded", dtype=torch.float32,
+                    device=device)  # fmt: skip
+    return (2 * u - 1) * scale
 
 
 def imdm_update(xt, eps, x0_draw, alpha_t, alpha_s, mask_index: int, backbone=None, generator=None):
     """One reverse step for every masked position given a draw ``x0_draw ~ p_θ(·|x_t)``:
     unmask to ``x0_draw``, or stay masked and keep ε, or stay masked with a fresh ε.
-    Returns ``(x_s, eps_s, reset)`` (``reset``: bool, ε redrawn)."""
+    Returns ``(x_s, eps_s, reset)`` (``reset``: bool, ε redrawn). The draws are
+    ``Purpose.REVERSE`` / ``Purpose.EPSILON`` noise (keyed when a NoiseKey is active, e.g. one
+    per reverse step of a sampling loop), else from ``generator`` / torch's RNG."""
     p_unmask, p_keep, _ = imdm_posterior(alpha_t, alpha_s)
-    u = torch.rand(xt.shape, device=xt.device, generator=generator, dtype=torch.float64)
+    u = rng.draw(rng.Purpose.REVERSE, xt.shape, device=xt.device, dtype=torch.float64,
+                 generator=generator)  # fmt: skip
     masked = xt == mask_index
     unmask = masked & (u < p_unmask)
     reset = masked & (u >= p_unmask + p_keep)
     x_s = torch.where(unmask, x0_draw, xt)
     if backbone is not None:
-        fresh = backbone.draw_eps(xt.shape, xt.device, generator=generator)
+        fresh = backbone.draw_eps(xt.shape, xt.device, generator=generator, stream=("redraw",))
     else:
-        fresh = 2 * torch.rand(eps.shape, device=eps.device, generator=generator) - 1
+        u_eps = rng.draw(rng.Purpose.EPSILON, eps.shape, "redraw", device=eps.device,
+                         generator=generator)  # fmt: skip
+        fresh = 2 * u_eps - 1
     eps_s = torch.where(reset[..., None], fresh.to(eps.dtype), eps)
     return x_s, eps_s, reset

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from mdfast.data.text.tokens import check_header
+from mdfast.diffusion.imdm import EPS_STREAM_NAME
 
 __all__ = ["COUPLING_FORMAT", "CouplingFile", "CouplingWriter", "read_coupling_header"]
 
@@ -156,6 +157,13 @@ class CouplingFile:
         ]
         if "noise_dim" in self.header:  # couplings of an MDLM teacher have no ε
             checks.append(("noise_dim", noise_dim, "objective.noise_dim"))
+            stream = self.header.get("eps_stream")
+            if stream != EPS_STREAM_NAME:  # its seeds would regenerate other noise
+                raise ValueError(
+                    f"mdfast: coupling '{self.path}' (data.path) keys ε by {stream!r}, this "
+                    f"version by {EPS_STREAM_NAME!r}; make the coupling again with mdfast "
+                    "distill redi-data"
+                )
         check_header(self.header, os.path.join(self.path, HEADER), checks, "the run",
                      "a coupling made for another model or data; make one for this preset with "
                      "mdfast distill redi-data, or override the option")  # fmt: skip

@@ -3,12 +3,14 @@
 Coupling generation (:func:`generate_coupling`, IMDM's ``generate_reflow_dataset``): a random
 subset of ``pairs`` training sequences x₀; per sequence a time t ~ U(0, 1) (``perturbed``, the
 perturbed coupling; t = 1 otherwise), x_t = x₀ with each token masked with probability t, and an
-ε seed in [0, 2^32); the teacher samples x̂₀ from (x_t, t) with :func:`mdfast.sampling.imdm`
-(``steps`` steps on its grid scaled by t, ε from the seed). All of it is keyed by the run's
-``seed`` and the sequence's position in the subset: the subset, t, the seeds and the masks are
-drawn for the whole subset, and the sampler of chunk c (rows [c·B, (c+1)·B)) runs with its own
-derived seed. So chunks can go to any process (chunk c to rank c mod W under torchrun) and the
-file is the same for any number of processes with the same ``batch_size``.
+ε seed in [0, 2^31); the teacher samples x̂₀ from (x_t, t) with :func:`mdfast.sampling.imdm`
+(``steps`` steps on its grid scaled by t, ε from the seed). t, the mask and the ε seed of pair i
+are keyed noise of :class:`mdfast.rng.NoiseKey` (run ``seed``, step 0, sample index i) with
+purposes TIME, MASK and EPSILON (id ``"seed"``); the subset is the order of ``Purpose.BATCH``
+uniforms over the source rows; the sampler of chunk c (rows [c·B, (c+1)·B)) runs with the Philox
+cursor of ``stream_seed(seed, "redi-sampler", c)``. So chunks can go to any process (chunk c to
+rank c mod W under torchrun) and the file is the same for any number of processes with the same
+``batch_size``.
 
 The teacher's ε redraws read the sample's seeded stream (:mod:`mdfast.sampling.imdm`), so the
 whole ε path of a pair is a function of its stored seed; the seed code redraws unseeded (only the
@@ -28,13 +30,12 @@ import sys
 import torch
 import torch.distributed as dist
 
-from mdfast import ops
+from mdfast import ops, rng
 from mdfast.diffusion.base import token_mean
-from mdfast.diffusion.imdm import EPS_STREAM_NAME
+from mdfast.diffusion.imdm import EPS_SEEDS, EPS_STREAM_NAME
 from mdfast.diffusion.mdlm import MDLM
 from mdfast.distill.coupling import CouplingWriter
-from mdfast.rng import derived_seed
-from mdfast.sampling.imdm import default_eps_seeds, imdm
+from mdfast.sampling.imdm import imdm
 from mdfast.train.data import StepBatches, collate
 
 __all__ = ["ReDi", "generate_coupling"]
@@ -117,13 +118,12 @@ def generate_coupling(
         )
     dev = torch.device("cpu") if device is None else torch.device(device)
     length = _rows(source, torch.zeros(1, dtype=torch.int64)).shape[-1]
-    g = torch.Generator().manual_seed(derived_seed(seed, "redi/subset"))
-    subset = torch.randperm(n_source, generator=g)[:pairs]
-    if perturbed:
-        ts = ops.uniform((pairs,), derived_seed(seed, "redi/t"), 0)
-    else:
-        ts = torch.ones(pairs, dtype=torch.float64)
-    seeds = default_eps_seeds(derived_seed(seed, "redi/eps-seeds"), pairs)
+    order = ops.uniform((n_source,), rng.stream_seed(seed, rng.Purpose.BATCH, "redi-subset"), 0)
+    subset = order.argsort()[:pairs]
+    key = rng.NoiseKey.for_batch(seed, 0, pairs)
+    ts = key.uniform(rng.Purpose.TIME) if perturbed else torch.ones(pairs, dtype=torch.float64)
+    seeds = (key.uniform(rng.Purpose.EPSILON, (), "seed") * EPS_SEEDS).floor().to(torch.int64)
+    seeds.clamp_(0, EPS_SEEDS - 1)
     writer = CouplingWriter(out_dir, pairs, length, model_vocab_size)
     if rank == 0:
         writer.create(overwrite=overwrite)
@@ -137,10 +137,10 @@ def generate_coupling(
         if x0.shape[-1] != length:
             raise ValueError(f"mdfast: source rows have lengths {length} and {x0.shape[-1]}")
         t = ts[lo:hi].to(dev)
-        u = ops.uniform((hi - lo, length), derived_seed(seed, "redi/mask"), c, device=dev)
+        u = key.select(torch.arange(lo, hi)).uniform(rng.Purpose.MASK, length, device=dev)
         xt = torch.where(u < t[:, None], mask_index, x0)
         res = imdm(teacher, batch_size=hi - lo, length=length, mask_index=mask_index, steps=steps,
-                   seed=derived_seed(seed, "redi/sampler", c), eps_seeds=seeds[lo:hi].to(dev),
+                   seed=rng.stream_seed(seed, "redi-sampler", c), eps_seeds=seeds[lo:hi].to(dev),
                    x_start=xt, t_start=t, fix_eps=fix_eps, device=dev,
                    **(sampler_options or {}))  # fmt: skip
         writer.write(lo, xt, res.x, ts[lo:hi], seeds[lo:hi])

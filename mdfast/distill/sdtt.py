@@ -26,7 +26,10 @@ the k-th teacher call is made at t − k·n·dt/(n−1) while the state it is gi
 (for n = 2 the second call sees time t − 2dt); here call k is made at the time t − k·dt its
 state is at.
 
-Random draws (masking, t, ε, the teacher's events and tokens) come from torch's generator.
+Random draws (t, masking, ε, the teacher's events, tokens and ε redraws) are keyed noise
+(:func:`mdfast.rng.draw` with a :class:`mdfast.rng.Purpose`; the teacher's draws of step k are
+``Purpose.REVERSE`` with ids ``("sdtt", k, what)``): under the trainer's NoiseKey they depend on
+(seed, step, global sample index) only; without a key, on torch's generator (or ``generator``).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import copy
 import torch
 import torch.nn.functional as F
 
+from mdfast import rng
 from mdfast.diffusion.base import unpack
 from mdfast.diffusion.imdm import redraw_probability
 from mdfast.diffusion.mdlm import MDLM, mask_tokens
@@ -130,8 +134,9 @@ def teacher_targets(
     done = torch.zeros(rows.numel(), dtype=torch.bool, device=dev)
     t = t.double()
 
-    def uniforms():
-        return torch.rand((B, L), generator=generator, device=dev, dtype=torch.float64)
+    def uniforms(k: int, what: str) -> torch.Tensor:
+        return rng.draw(rng.Purpose.REVERSE, (B, L), "sdtt", k, what, device=dev,
+                        dtype=torch.float64, generator=generator).reshape(-1)[rows]  # fmt: skip
 
     for k in range(num_steps):
         a_t = schedule.alpha((t - k * dt).clamp_min(0.0))
@@ -141,15 +146,16 @@ def teacher_targets(
             target = torch.empty_like(logp)
         still = x.reshape(-1)[rows] == mask_index
         p_unmask = torch.where(a_t < 1, (a_s - a_t) / (1 - a_t).clamp_min(1e-300), 1.0)
-        unmask = still & (uniforms().reshape(-1)[rows] < p_unmask[seq])
-        v = uniforms().reshape(-1)[rows]
+        unmask = still & (uniforms(k, "unmask") < p_unmask[seq])
+        v = uniforms(k, "token")
         x.view(-1)[rows[unmask]] = _draw_tokens(logp[unmask], v[unmask], mask_index)
         target[unmask] = logp[unmask]
         done |= unmask
         if eps is not None and not fix_eps:
             stay = still & ~unmask
-            redraw = stay & (uniforms().reshape(-1)[rows] < redraw_probability(a_t, a_s)[seq])
-            fresh = teacher.draw_eps((B, L), dev, generator=generator).to(eps.dtype)
+            redraw = stay & (uniforms(k, "redraw") < redraw_probability(a_t, a_s)[seq])
+            fresh = teacher.draw_eps((B, L), dev, generator=generator, stream=("sdtt", k))
+            fresh = fresh.to(eps.dtype)
             flat, new = eps.view(B * L, -1), fresh.view(B * L, -1)
             flat[rows[redraw]] = new[rows[redraw]]
     target[~done] = logp[~done]

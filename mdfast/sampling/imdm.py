@@ -17,12 +17,13 @@ positions that stay masked a redraw event with probability 1 − α_t/α_s
 redraw mass above. No B × L × V tensor is formed: the denoiser's hidden states are cached and
 logits are computed for the unmasking rows.
 
-ε is seeded per sample (:func:`mdfast.diffusion.seeded_eps`): sample b has an ε seed
-``eps_seeds[b]`` in [0, 2^32); its initial ε and the fresh ε of a redraw at step k are functions of
+ε is seeded per sample (:func:`mdfast.diffusion.seeded_eps`, keyed noise of
+:class:`mdfast.rng.NoiseKey` whose sample index is the ε seed): sample b has an ε seed
+``eps_seeds[b]`` in [0, 2^31); its initial ε and the fresh ε of a redraw at step k are functions of
 that seed alone, so samples given the same seed share ε (IMDM's duplicated samples, the total
 correlation metric) and a coupling file that stores the seed regenerates the noise. The seed code
-redraws ε with unseeded noise (``torch.rand``); here a redraw at step k reads offset k of the
-sample's stream, so the whole ε path is a function of the seed.
+redraws ε with unseeded noise (``torch.rand``); here a redraw at step k is the seeded draw of
+step k (``seeded_eps(seed, step=k)``), so the whole ε path is a function of the seed.
 
 ``fix_eps`` never redraws (IM-SDTT's teacher); ``mdlm_posterior`` uses MDLM's two-way posterior,
 which also keeps ε: the two switches give the same chain. The denoiser is not time-conditioned,
@@ -41,8 +42,8 @@ from __future__ import annotations
 import torch
 
 from mdfast import ops
-from mdfast.diffusion.imdm import redraw_probability, seeded_eps
-from mdfast.rng import PhiloxStream, derived_seed
+from mdfast.diffusion.imdm import EPS_SEEDS, redraw_probability, seeded_eps
+from mdfast.rng import PhiloxStream, Purpose, stream_seed
 from mdfast.sampling.chain import (
     SampleResult,
     _Denoiser,
@@ -51,10 +52,10 @@ from mdfast.sampling.chain import (
     _init_x,
     _noise_removal,
     _nvtx,
-    _Opts,
     _rng_kw,
 )
-from mdfast.schedules import Schedule, get_schedule
+from mdfast.sampling.settings import SamplerSettings, settings_for
+from mdfast.schedules import get_schedule
 
 __all__ = ["IMDM_OPTIONS", "default_eps_seeds", "imdm"]
 
@@ -65,10 +66,11 @@ _LAST_STEPS = ("ancestral", "argmax")
 
 
 def default_eps_seeds(seed: int, batch_size: int, device=None) -> torch.Tensor:
-    """The ε seeds of a batch when none are given: one per sample, uniform in [0, 2^32), from the
-    sampler's ``seed`` (int64 [batch_size])."""
-    u = ops.uniform((batch_size,), derived_seed(seed, "imdm/eps-seeds"), 0, device=device)
-    return (u * 2**32).floor().to(torch.int64).clamp_(0, 2**32 - 1)
+    """The ε seeds of a batch when none are given: one per sample, uniform in [0, 2^31), from the
+    sampler's ``seed`` (int64 [batch_size]; the ``Purpose.EPSILON`` stream with id ``"seeds"``)."""
+    key = stream_seed(seed, Purpose.EPSILON, "seeds")
+    u = ops.uniform((batch_size,), key, 0, device=device)
+    return (u * EPS_SEEDS).floor().to(torch.int64).clamp_(0, EPS_SEEDS - 1)
 
 
 class _EpsDenoiser(_Denoiser):
@@ -85,10 +87,6 @@ class _EpsDenoiser(_Denoiser):
 def _alphas(steps, schedule, eps, t_start, batch, device) -> torch.Tensor:
     """float64 [steps + 1, B]: α at the grid times linspace(1, eps, steps + 1) · t_start."""
     sched = get_schedule(schedule) if isinstance(schedule, str) else schedule
-    if not isinstance(sched, Schedule):
-        raise ValueError(
-            f"mdfast: argument 'schedule' must be a schedule name or Schedule, got {schedule!r}"
-        )
     grid = [t for t, _ in _grid(steps, eps)] + [eps]
     times = torch.tensor(grid, dtype=torch.float64, device=device)[:, None]
     if t_start is None:
@@ -96,24 +94,24 @@ def _alphas(steps, schedule, eps, t_start, batch, device) -> torch.Tensor:
     return sched.alpha(times * t_start[None, :])
 
 
-def _start(x_start, t_start, batch_size, length, mask_index, prefix, device):
-    """(x, P, t_start or None): the initial state, all-mask with an optional prefix, or
-    ``x_start`` (a partly masked batch) with its start times."""
+def _start(x_start, t_start, st: SamplerSettings):
+    """(x, t_start or None): the initial state, all-mask with an optional prefix, or ``x_start``
+    (a partly masked batch) with its start times."""
+    batch_size, length = st.batch_size, st.length
     if x_start is None:
         if t_start is not None:
             raise ValueError("mdfast: argument 't_start' needs 'x_start' (the partly masked batch)")
-        x, P = _init_x(batch_size, length, mask_index, prefix, device)
-        return x, P, None
-    if prefix is not None:
+        return _init_x(st)[0], None
+    if st.prefix is not None:
         raise ValueError("mdfast: give either 'prefix' or 'x_start', not both")
-    x = torch.as_tensor(x_start, device=device).to(torch.int64).clone()
+    x = torch.as_tensor(x_start, device=st.device).to(torch.int64).clone()
     if tuple(x.shape) != (batch_size, length):
         raise ValueError(
             f"mdfast: argument 'x_start' must have shape [batch_size, length] = "
             f"[{batch_size}, {length}], got {list(x.shape)}"
         )
     if t_start is None:
-        return x, 0, None
+        return x, None
     t = torch.as_tensor(t_start, dtype=torch.float64, device=x.device).reshape(-1)
     if t.shape[0] != batch_size:
         raise ValueError(
@@ -122,26 +120,14 @@ def _start(x_start, t_start, batch_size, length, mask_index, prefix, device):
         )
     if not bool(((t >= 0) & (t <= 1)).all()):
         raise ValueError("mdfast: argument 't_start' must lie in [0, 1]")
-    return x, 0, t
+    return x, t
 
 
 def imdm(
     model,
+    settings: SamplerSettings | None = None,
+    /,
     *,
-    batch_size: int,
-    length: int,
-    mask_index: int,
-    steps: int,
-    seed: int = 0,
-    schedule: str | Schedule = "loglinear",
-    eps: float = 1e-5,
-    noise_removal: bool = True,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    top_k: int = 0,
-    nucleus: str = "remdm",
-    prefix=None,
-    device=None,
     fix_eps: bool = False,
     mdlm_posterior: bool = False,
     eps_seeds: torch.Tensor | None = None,
@@ -149,6 +135,7 @@ def imdm(
     t_start: torch.Tensor | None = None,
     last_step: str = "ancestral",
     cache: bool = True,
+    **options,
 ) -> SampleResult:
     """IMDM ancestral sampling (see the module docstring for the chain and its draws).
 
@@ -156,7 +143,9 @@ def imdm(
     ``noise_dim`` attribute and ``hidden(x, eps=ε)`` + ``head(rows)`` or ``model(x, eps=ε)``), or a
     plain MDLM denoiser (no ε: the sampler is then MDLM's chain with this time grid).
 
-    ``eps_seeds``: int64 [batch_size] ε seeds in [0, 2^32) (default :func:`default_eps_seeds`);
+    ``settings`` / ``options``: the common sampler options of
+    :class:`~mdfast.sampling.settings.SamplerSettings` (default schedule ``"loglinear"``).
+    ``eps_seeds``: int64 [batch_size] ε seeds in [0, 2^31) (default :func:`default_eps_seeds`);
     equal seeds give equal ε. ``x_start`` / ``t_start``: start from a partly masked batch at
     per-sample times (default: all-mask, or the ``prefix`` kept fixed, at t = 1).
     ``noise_removal=False`` leaves the positions still masked at the end as they are
@@ -164,27 +153,29 @@ def imdm(
     samples, for testing the cache). Token draws, unmask events and redraw events come from Philox
     streams of ``seed``: the same seed and ε seeds give the same samples.
     """
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"mdfast: argument 'seed' must be a non-negative int, got {seed!r}")
+    st = settings_for("imdm", settings, options)
+    for name, value in (("fix_eps", fix_eps), ("mdlm_posterior", mdlm_posterior),
+                        ("cache", cache)):  # fmt: skip
+        if not isinstance(value, bool):
+            raise ValueError(f"mdfast: argument '{name}' must be a bool, got {value!r}")
     if last_step not in _LAST_STEPS:
         raise ValueError(f"mdfast: argument 'last_step' must be one of {_LAST_STEPS}, got "
                          f"{last_step!r}")  # fmt: skip
-    x, P, t0 = _start(x_start, t_start, batch_size, length, mask_index, prefix, device)
-    del P  # prefix positions are decoded: mask_step carries them over
+    batch_size, length, mask_index, steps = st.batch_size, st.length, st.mask_index, st.steps
+    x, t0 = _start(x_start, t_start, st)
     dev = x.device
     noise_dim = getattr(model, "noise_dim", None)
     den = _EpsDenoiser(model, False)
-    rng = PhiloxStream(seed)
-    redraw_rng = PhiloxStream(derived_seed(seed, "imdm/redraw"))
-    opts = _Opts(mask_index, temperature, top_p, top_k, nucleus)
-    alphas = _alphas(steps, schedule, eps, t0, batch_size, dev)
-    ancestral_end = noise_removal and last_step == "ancestral"
+    rng = PhiloxStream(st.seed)
+    redraw_rng = PhiloxStream(stream_seed(st.seed, Purpose.REVERSE, "imdm-redraw"))
+    alphas = _alphas(steps, st.schedule or "loglinear", st.eps, t0, batch_size, dev)
+    ancestral_end = st.noise_removal and last_step == "ancestral"
     if ancestral_end:
         alphas[-1] = 1.0
     eps_now = None
     if noise_dim is not None:
         if eps_seeds is None:
-            eps_seeds = default_eps_seeds(seed, batch_size, dev)
+            eps_seeds = default_eps_seeds(st.seed, batch_size, dev)
         eps_seeds = torch.as_tensor(eps_seeds, device=dev)
         if tuple(eps_seeds.shape) != (batch_size,):
             raise ValueError(
@@ -206,7 +197,7 @@ def imdm(
             )
             rows = (changed & masked).reshape(-1).nonzero()[:, 0]
             if rows.numel():
-                _draw_rows(den, out, x_next, rows, opts, rng)
+                _draw_rows(den, out, x_next, rows, st, rng)
         touched = bool(changed.any())
         if redraws:
             stay = masked & ~changed
@@ -222,10 +213,10 @@ def imdm(
         if touched or not cache:
             out = None
         x = x_next
-    if noise_removal and not ancestral_end and bool((x == mask_index).any()):
+    if st.noise_removal and not ancestral_end and bool((x == mask_index).any()):
         if out is None:
             out = den(x, eps_now)
-        _noise_removal(den, out, x, 0.0, opts, rng)
+        _noise_removal(den, out, x, 0.0, st, rng)
     return SampleResult(x, den.calls, steps, den.sequences)
 
 

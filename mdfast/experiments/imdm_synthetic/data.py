@@ -9,15 +9,20 @@ from __future__ import annotations
 
 import torch
 
+from mdfast import ops
+from mdfast.rng import stream_seed
+
 __all__ = ["synthetic_align"]
 
 
 def synthetic_align(n: int, length: int = 10, vocab: int = 32, seed: int = 0) -> torch.Tensor:
-    """``n`` sequences [n, length]: token ~ U{0..vocab−1}, repeated (a fixed draw per seed)."""
+    """``n`` sequences [n, length]: token ~ U{0..vocab−1}, repeated; row i's token is element i of
+    the Philox stream ``stream_seed(seed, "synthetic-align")`` (a fixed draw per seed)."""
     if n < 1 or length < 1 or vocab < 2:
         raise ValueError(
             f"mdfast: data.n, data.length must be >= 1 and data.vocab >= 2, got {n}, {length}, "
             f"{vocab}"
         )
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(0, vocab, (n, 1), generator=g).repeat(1, length)
+    u = ops.uniform((n,), stream_seed(seed, "synthetic-align"), 0)
+    token = (u * vocab).floor().to(torch.int64).clamp_(0, vocab - 1)
+    return token[:, None].repeat(1, length)
