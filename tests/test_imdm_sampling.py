@@ -205,6 +205,12 @@ def test_eps_is_a_function_of_the_sample_seed(fresh_seed):
     assert torch.equal(first[0], first[1]) and not torch.equal(first[0], first[2])
     with pytest.raises(ValueError, match="'seeds'"):
         seeded_eps(torch.tensor([EPS_SEEDS]), 4, 3)
+    # default ε seeds: keyed by the sample's global index, whatever batch it is drawn in
+    run_seed = fresh_seed % 2**40
+    seeds7 = sampling.default_eps_seeds(run_seed, 7)
+    assert torch.equal(sampling.default_eps_seeds(run_seed, [5, 2]), seeds7[[5, 2]])
+    assert seeds7.unique().numel() == 7 and int(seeds7.min()) >= 0
+    assert int(seeds7.max()) < EPS_SEEDS
 
 
 def test_redraws_come_from_the_seed_and_fix_eps_keeps_eps(fresh_seed):

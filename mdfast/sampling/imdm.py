@@ -43,7 +43,7 @@ import torch
 
 from mdfast import ops
 from mdfast.diffusion.imdm import EPS_SEEDS, redraw_probability, seeded_eps
-from mdfast.rng import PhiloxStream, Purpose, stream_seed
+from mdfast.rng import NoiseKey, PhiloxStream, Purpose, stream_seed
 from mdfast.sampling.chain import (
     SampleResult,
     _Denoiser,
@@ -65,11 +65,18 @@ IMDM_OPTIONS = ("fix_eps", "mdlm_posterior", "eps_seeds", "x_start", "t_start", 
 _LAST_STEPS = ("ancestral", "argmax")
 
 
-def default_eps_seeds(seed: int, batch_size: int, device=None) -> torch.Tensor:
-    """The ε seeds of a batch when none are given: one per sample, uniform in [0, 2^31), from the
-    sampler's ``seed`` (int64 [batch_size]; the ``Purpose.EPSILON`` stream with id ``"seeds"``)."""
-    key = stream_seed(seed, Purpose.EPSILON, "seeds")
-    u = ops.uniform((batch_size,), key, 0, device=device)
+def default_eps_seeds(seed: int, index, device=None) -> torch.Tensor:
+    """The ε seeds of samples when none are given: sample g (``index``: [B] global sample
+    indices, or an int B for 0..B−1) gets ⌊u·2^31⌋ with u its ``Purpose.EPSILON`` keyed uniform
+    (id ``"seeds"``) of :class:`mdfast.rng.NoiseKey` (``seed``, step 0, g), so a sample's ε seed
+    does not depend on the batch it is drawn in. int64 [B]."""
+    if isinstance(index, int) and not isinstance(index, bool):
+        index = torch.arange(index)
+    index = torch.as_tensor(index, dtype=torch.int64).reshape(-1).cpu()
+    if index.numel() == 0:
+        return torch.empty(0, dtype=torch.int64, device=device)
+    key = NoiseKey(seed, 0, index, int(index.max()) + 1)
+    u = key.uniform(Purpose.EPSILON, (), "seeds", device=device)
     return (u * EPS_SEEDS).floor().to(torch.int64).clamp_(0, EPS_SEEDS - 1)
 
 
