@@ -18,7 +18,7 @@ from mdfast.experiments.imdm_synthetic.metrics import (
     ideal_mdlm_all_equal,
 )
 from mdfast.experiments.imdm_synthetic.pipeline import MODELS, run
-from mdfast.experiments.imdm_synthetic.table import claim_reproduced
+from mdfast.experiments.imdm_synthetic.table import claim_reproduced, markdown_table
 from mdfast.metrics.total_correlation import entropy_bits, total_correlation
 
 
@@ -102,6 +102,9 @@ def test_pipeline_end_to_end_tiny(tmp_path):
     table = open(os.path.join(out, "table.md")).read()
     assert "| IM-ReDi, ignore_seed |" in table and "Claim" in table
     assert isinstance(claim_reproduced(res)[0], bool)
-    again = run(out, scale="tiny", steps_list=(1,))
+    again = run(out, scale="tiny", steps_list=(1, 2, 4))  # + a step sweep table
     assert again["timing"]["mdlm"] == {"skipped": True}
     assert again["timing"]["imredi_as_mdlm"] == {"skipped": True}
+    table = open(os.path.join(out, "table.md")).read()
+    assert "by sampling steps" in table and "| IM-ReDi | " in table.split("by sampling")[1]
+    assert markdown_table(json.load(open(os.path.join(out, "results.json")))) == table.strip()
