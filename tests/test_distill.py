@@ -15,6 +15,7 @@ import pytest
 import torch
 from scipy import stats
 
+from mdfast import rng
 from mdfast.cli import main as cli_main
 from mdfast.diffusion import MDLM, IMDMBackbone, imdm_posterior, seeded_eps
 from mdfast.diffusion.imdm import EPS_STREAM_NAME
@@ -149,6 +150,33 @@ def test_targets_see_the_tokens_unmasked_at_earlier_steps(fresh_seed):
     peaked = target.exp().max(-1).values > 0.9
     uniform = (target.exp() - 1 / V).abs().max(-1).values < 1e-6
     assert (peaked | uniform).all() and peaked.any() and uniform.any()
+
+
+def test_teacher_draws_are_keyed_per_sample(fresh_seed):
+    """Under a NoiseKey the teacher's events, tokens and ε redraws of sample g depend on
+    (seed, step, g) only: a sub-batch of the key's samples gets the same targets as in the full
+    batch (what makes 1 and N processes train alike); with another step they change."""
+    B, L, seed = 8, 6, fresh_seed % 2**40
+    teacher = _OneHotState()
+    teacher.draw_eps = lambda shape, device, generator=None, stream=(): rng.draw(
+        rng.Purpose.EPSILON, (*shape, 2), *stream, device=device
+    )
+    xt = torch.full((B, L), MASK)
+    eps = torch.zeros(B, L, 2)
+    t = torch.ones(B)
+    args = (0.3, 3, get_schedule("linear"), MASK)
+    key = rng.NoiseKey(seed, 5, torch.arange(B), B)
+    with rng.noise_key(key):
+        rows, full = teacher_targets(teacher, xt, eps, t, *args, fix_eps=False)
+    sub = [1, 4, 6]
+    with rng.noise_key(key.select(sub)):
+        rows_s, part = teacher_targets(teacher, xt[sub], eps[sub], t[sub], *args, fix_eps=False)
+    pick = torch.cat([torch.arange(b * L, (b + 1) * L) for b in sub])
+    assert torch.equal(rows[pick] % L, rows_s % L)
+    torch.testing.assert_close(part, full[pick], rtol=0, atol=0)
+    with rng.noise_key(rng.NoiseKey(seed, 6, torch.arange(B), B)):
+        _, other = teacher_targets(teacher, xt, eps, t, *args, fix_eps=False)
+    assert not torch.equal(other, full)
 
 
 @pytest.mark.parametrize("base", ["mdlm", "imdm"])
