@@ -32,7 +32,7 @@ $(VENV)/.deps: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH_SPEC)
-	$(PIP) install -q setuptools wheel ninja numpy pytest pytest-benchmark scipy ruff clang-format matplotlib safetensors mlxtend torch-fidelity
+	$(PIP) install -q setuptools wheel ninja numpy pytest pytest-benchmark scipy ruff clang-format matplotlib safetensors mlxtend torch-fidelity diffusers
 	$(PIP) install -q datasets tokenizers
 	$(PIP) install -q --no-deps $(TEXT_DATA)
 	touch $@

@@ -282,6 +282,8 @@ def _sample(args) -> int:
     import torch
 
     from mdfast import sampling
+    from mdfast.experiments import ConfigError
+    from mdfast.sampling.dispatch import INTERPOLANT_SAMPLERS
 
     rank, _, dev = _device(args)
     cfg, objective, path = _load_run(args, "sample", dev)
@@ -291,10 +293,21 @@ def _sample(args) -> int:
     from mdfast.diffusion import MDLM, SEDD
 
     sp, name = cfg["sample"], cfg["objective"]["name"]
+    amp = _autocast_dtype(sp["precision"], dev)
+    ctx = torch.autocast(dev.type, dtype=amp) if amp is not None else contextlib.nullcontext()
+    if name == "interpolant":
+        return _sample_interpolant(cfg, objective, path, rank, ctx)
     if not isinstance(objective, (MDLM, SEDD)):
         raise FileNotFoundError(
             f"mdfast sample: objective '{name}' is not supported (the MDLM family: mdlm, imdm, "
-            "sdtt, redi; and sedd); use mdfast.sampling or the objective's own sampler from Python"
+            "sdtt, redi; sedd; interpolant); use mdfast.sampling or the objective's own sampler "
+            "from Python"
+        )
+    if sp["sampler"] in INTERPOLANT_SAMPLERS:
+        valid = [n for n in sampling.sampler_names() if n not in INTERPOLANT_SAMPLERS]
+        raise ConfigError(
+            f"mdfast: sample.sampler '{sp['sampler']}' samples discrete interpolants; objective "
+            f"'{name}' takes one of {valid}"
         )
     model = objective.model
     sampler = sp["sampler"]
@@ -326,8 +339,6 @@ def _sample(args) -> int:
             f"mdfast sample: sample.duplicate={dup} must be >= 1 and divide sample.batch_size="
             f"{sp['batch_size']}"
         )
-    amp = _autocast_dtype(sp["precision"], dev)
-    ctx = torch.autocast(dev.type, dtype=amp) if amp is not None else contextlib.nullcontext()
     xs, groups, nfe, steps = [], [], 0, 0
     for b in range(max(1, sp["num_batches"])):
         kw = {**kwargs, "seed": sp["seed"] + b * 1_000_003}
@@ -593,6 +604,76 @@ def _redi_data(args, cfg: dict) -> int:
     )  # fmt: skip
     if rank == 0:
         print(json.dumps({"path": d["path"], **header}))
+    return 0
+
+
+def _sample_interpolant(cfg: dict, objective, path, rank: int, ctx) -> int:
+    """``mdfast sample`` of a discrete-interpolant run: ``sample.sampler`` euler | maskgit,
+    ``sample.cfg_scale``, ``sample.label`` (-1: classes 0, 1, ... in turn), ``sample.context``
+    (text embeddings [N, T, C], a ``.npy`` or an ``.npz`` with ``context``: sample i gets row
+    i mod N), the samplers' options, ``sample.num_batches`` batches (batch b from
+    seed + b·1000003); the token grid shape is the model's (``image_size``², or
+    ``sample.length``)."""
+    import numpy as np
+    import torch
+
+    from mdfast.data.vq_tokens import open_array
+    from mdfast.experiments import ConfigError
+    from mdfast.sampling import sample
+
+    sp, model = cfg["sample"], objective.model
+    if sp["sampler"] not in ("euler", "maskgit"):
+        raise ConfigError(
+            f"mdfast: sample.sampler must be 'euler' or 'maskgit' for the interpolant objective, "
+            f"got '{sp['sampler']}'"
+        )
+    side = cfg["model"].get("image_size")
+    shape = (sp["length"],) if sp["length"] else (side, side)
+    b, n_batches = sp["batch_size"], max(1, sp["num_batches"])
+    classes = cfg["objective"]["num_classes"]
+    labels = None
+    if classes > 0:
+        if not -1 <= sp["label"] < classes:
+            raise ConfigError(f"mdfast: sample.label must be -1 or in [0, {classes}), got "
+                              f"{sp['label']}")  # fmt: skip
+        n = b * n_batches
+        labels = torch.arange(n) % classes if sp["label"] < 0 else torch.full((n,), sp["label"])
+    context = rows = None
+    if sp["context"]:
+        context = open_array(sp["context"], "context", option="sample.context")
+        if context.ndim != 3 or len(context) == 0:
+            raise ConfigError(f"mdfast: sample.context must hold embeddings [N, T, C] with N >= 1, "
+                              f"got shape {list(context.shape)}")  # fmt: skip
+        rows = torch.arange(b * n_batches) % len(context)
+    opts = {k: sp[k] for k in ("steps", "cfg_scale", "temperature", "top_p", "top_k", "t_min",
+                               "max_last", "anneal_noise", "reveal", "randomize",
+                               "r_temp")}  # fmt: skip
+    opts["kappa"] = sp["kappa"] or cfg["objective"]["kappa"]
+    xs, nfe = [], 0
+    for i in range(n_batches):
+        cond = {} if labels is None else {"y": labels[i * b : (i + 1) * b]}
+        if context is not None:
+            picked = np.asarray(context[rows[i * b : (i + 1) * b].numpy()], dtype=np.float32)
+            cond["context"] = torch.from_numpy(picked)
+        try:
+            with ctx:
+                res = sample(model, sampler=sp["sampler"], batch_size=b, shape=shape,
+                             mask_index=cfg["objective"]["mask_index"], cond=cond,
+                             seed=sp["seed"] + i * 1_000_003, **opts)  # fmt: skip
+        except ValueError as e:
+            raise ConfigError(str(e).replace("argument '", "option 'sample.")) from None
+        xs.append(res.x)
+        nfe += res.nfe
+    x = torch.cat(xs)
+    if rank != 0:
+        return 0
+    if sp["out"]:
+        saved = {"input_ids": x.cpu(), **({"y": labels} if labels is not None else {}),
+                 **({"context_row": rows} if rows is not None else {})}  # fmt: skip
+        torch.save(saved, sp["out"])
+    print(json.dumps({"checkpoint": path, "sampler": sp["sampler"], "shape": list(x.shape),
+                      "nfe": nfe, "cfg_scale": sp["cfg_scale"], "out": sp["out"] or None,
+                      "labels": labels.tolist() if labels is not None else None}))  # fmt: skip
     return 0
 
 

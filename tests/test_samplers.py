@@ -515,7 +515,7 @@ def test_nvtx_flag_and_bad_arguments(joint, monkeypatch):
     with pytest.raises(ValueError, match="'strategy'"):
         sampling.remdm(model, steps=3, strategy="nope", **kw)
     with pytest.raises(ValueError, match="'sampler'"):
-        sampling.sample(model, sampler="euler", steps=3, **kw)
+        sampling.sample(model, sampler="nope", steps=3, **kw)
     with pytest.raises(ValueError, match="'prefix'"):
         sampling.ddpm(model, steps=3, prefix=torch.tensor([MASK]), **kw)
 

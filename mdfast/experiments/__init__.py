@@ -94,7 +94,15 @@ def _sample_defaults(_: dict) -> dict:
             # IMDM (sampler imdm): keep ε (fix_eps) or MDLM's posterior, one ε seed for every
             # sample (eps_seed >= 0; -1: one per sample), samples per ε seed (duplicate > 1:
             # the total correlation)
-            "fix_eps": False, "mdlm_posterior": False, "eps_seed": -1, "duplicate": 1}  # fmt: skip
+            "fix_eps": False, "mdlm_posterior": False, "eps_seed": -1, "duplicate": 1,
+            # discrete interpolants (sampler euler | maskgit): guidance scale, the class of
+            # every sample (-1: classes 0, 1, ... in turn), text embeddings [N, T, C] (.npy, or
+            # .npz member context; sample i gets row i mod N), kappa ("" = the objective's), the
+            # Euler and MaskGIT options of mdfast.sampling.interpolant (null = "none")
+            "cfg_scale": 1.0, "label": -1, "context": "", "kappa": "", "t_min": 0.0,
+            "max_last": False,
+            "anneal_noise": None, "reveal": "linear", "randomize": "linear",
+            "r_temp": 4.5}  # fmt: skip
 
 
 _DEFAULTS = {

@@ -224,7 +224,19 @@ def register() -> None:
     register_objective("redi", {**student, "ignore_seed": False}, _redi)
     register_objective(
         "interpolant",
-        {"mask_index": -1, "kappa": "linear", "t_min": 1e-3, "p_uncond": 0.1, "num_classes": 0},
+        {
+            "mask_index": -1,
+            "kappa": "linear",
+            "t_min": 1e-3,
+            "p_uncond": 0.1,
+            "num_classes": 0,
+            "coupling": "ucoupling",
+            "coupling_mask_prob": 0.8,
+            "smooth": 0.0,
+            "mask_ce": True,
+            "elbo": False,
+            "sigmoid_shift": None,
+        },
         _interpolant,
     )
 

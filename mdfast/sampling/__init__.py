@@ -38,7 +38,10 @@ Time runs on MDLM's grid t_k = linspace(1, eps, T + 1); a step goes t = t_k -> s
   (:mod:`mdfast.sampling.imdm`).
 * :func:`semi_ar` — semi-autoregressive generation; ``prefix=`` conditions any sampler on fixed
   leading tokens (carry-over keeps them; remasking never touches them).
-* :func:`sample` — any of them by name (``"ddpm_cache"``, ``"remdm-conf"``, ...).
+* :func:`euler` and :func:`maskgit` (:mod:`mdfast.sampling.interpolant`) — the discrete-interpolant
+  samplers (time 0 = mask, 1 = data) over token grids, with classifier-free guidance in one
+  batched forward (:mod:`mdfast.sampling.guidance`); options in :class:`InterpolantSettings`.
+* :func:`sample` — any of them by name (``"ddpm_cache"``, ``"remdm-conf"``, ``"euler"``, ...).
 
 Options: every sampler takes a :class:`SamplerSettings` (validated once, errors name the option)
 or the same options as keywords. alpha(t) comes from :func:`mdfast.schedules.alpha_at`, the ReMDM
@@ -54,7 +57,9 @@ from mdfast.sampling import remask_rates
 from mdfast.sampling.ancestral import analytic, ddpm, ddpm_cache, first_hitting
 from mdfast.sampling.chain import SampleResult, grid_plan
 from mdfast.sampling.dispatch import sample, sampler_names
+from mdfast.sampling.guidance import guided_logits
 from mdfast.sampling.imdm import default_eps_seeds, imdm
+from mdfast.sampling.interpolant import InterpolantSettings, euler, maskgit
 from mdfast.sampling.remdm import remdm, remdm_plan
 from mdfast.sampling.semi_ar import semi_ar
 from mdfast.sampling.settings import LOOP_DEFAULTS, REMDM_DEFAULTS, SamplerSettings
@@ -62,15 +67,19 @@ from mdfast.sampling.settings import LOOP_DEFAULTS, REMDM_DEFAULTS, SamplerSetti
 __all__ = [
     "LOOP_DEFAULTS",
     "REMDM_DEFAULTS",
+    "InterpolantSettings",
     "SampleResult",
     "SamplerSettings",
     "analytic",
     "ddpm",
     "ddpm_cache",
     "default_eps_seeds",
+    "euler",
     "first_hitting",
     "grid_plan",
+    "guided_logits",
     "imdm",
+    "maskgit",
     "remask_rates",
     "remdm",
     "remdm_plan",
