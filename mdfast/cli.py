@@ -45,7 +45,9 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=fmt,
     )
     sub = p.add_subparsers(
-        dest="command", required=True, metavar="{train,eval,sample,distill,prepare-text,presets}"
+        dest="command",
+        required=True,
+        metavar="{train,eval,sample,eval-samples,distill,prepare-text,presets}",
     )
     t = sub.add_parser(
         "train", help="train a preset", epilog=_presets_epilog(), formatter_class=fmt
@@ -84,6 +86,24 @@ def _parser() -> argparse.ArgumentParser:
                     "is used, with the overrides given here on top")  # fmt: skip
     sm.add_argument("--print-config", action="store_true")
     sm.add_argument("--device", default="", help="cuda, cuda:N or cpu (default: cuda if available)")
+    es = sub.add_parser(
+        "eval-samples",
+        help="gen PPL, entropy and MAUVE of a samples file of mdfast sample",
+        description="Gen PPL (MDLM's recipe), unigram entropy and MAUVE of SAMPLES.jsonl under "
+        "a judge: a local Hugging Face causal-LM directory or an mdfast AR checkpoint.",
+    )
+    es.add_argument("samples", help="JSONL written by mdfast sample")
+    es.add_argument("--judge", required=True, help="HF model directory or mdfast AR checkpoint")
+    es.add_argument("--references", default="", help="prepared text directory: MAUVE "
+                    "references (evenly spaced rows of --split)")  # fmt: skip
+    es.add_argument("--split", default="validation")
+    es.add_argument("--no-mauve", action="store_true", help="gen PPL and entropy only")
+    es.add_argument("--batch-size", type=int, default=8)
+    es.add_argument("--max-length", type=int, default=0, help="retokenised length (0: the "
+                    "samples' length, MDLM's model.length)")  # fmt: skip
+    es.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"))
+    es.add_argument("--device", default="", help="cuda, cuda:N or cpu (default: cuda if available)")
+    es.add_argument("--out", default="", help="also write the result JSON here")
     ds = sub.add_parser(
         "distill",
         help="few-step distillation: sdtt (SDTT / IM-SDTT), redi-data (couplings), redi",
@@ -197,16 +217,6 @@ def _device(args):
     return setup_distributed(getattr(args, "device", "") or "")
 
 
-def _autocast_dtype(precision: str, device):
-    import torch
-
-    if precision not in ("auto", "bf16", "fp32"):
-        raise ValueError(f"mdfast: precision must be auto, bf16 or fp32, got '{precision}'")
-    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
-        return torch.bfloat16
-    return None
-
-
 def _load_run(args, section: str, device=None):
     """(config, objective, path) of the checkpoint ``--ckpt`` / ``<section>.ckpt`` / latest in
     ``train.out_dir``, with the checkpoint's stored config and this command's overrides on top;
@@ -260,135 +270,35 @@ def _built_with_weights(cfg: dict, state: dict | None, use_ema: bool):
     return objective
 
 
-class _SigmaTime:
-    """Adapts a sigma-conditioned backbone (SEDD's DiT) to the samplers' time argument."""
-
-    def __init__(self, model, schedule):
-        self.model, self.schedule = model, schedule
-
-    def hidden(self, x, t):
-        return self.model.trunk(x, self.schedule.sigma(t.float())[0])
-
-    def head(self, h):
-        return self.model.head(h)
-
-
-_IMDM_ONLY = ("eps_seeds", "fix_eps", "mdlm_posterior")
-
-
 def _sample(args) -> int:
-    import contextlib
+    """``mdfast sample``: :func:`mdfast.experiments.generation.run_sample`."""
+    from mdfast.experiments.generation import run_sample
 
-    import torch
-
-    from mdfast import sampling
-    from mdfast.experiments import ConfigError
-    from mdfast.sampling.dispatch import INTERPOLANT_SAMPLERS
-
-    rank, _, dev = _device(args)
+    rank, world, dev = _device(args)
     cfg, objective, path = _load_run(args, "sample", dev)
     if objective is None:
         print(json.dumps(cfg, indent=2))
         return 0
-    from mdfast.diffusion import MDLM, SEDD
+    if cfg["objective"]["name"] == "interpolant":
+        import contextlib
 
-    sp, name = cfg["sample"], cfg["objective"]["name"]
-    amp = _autocast_dtype(sp["precision"], dev)
-    ctx = torch.autocast(dev.type, dtype=amp) if amp is not None else contextlib.nullcontext()
-    if name == "interpolant":
+        import torch
+
+        from mdfast.train.runtime import autocast_dtype
+
+        amp = autocast_dtype(cfg["sample"]["precision"], dev, "sample.precision")
+        ctx = torch.autocast(dev.type, dtype=amp) if amp is not None else contextlib.nullcontext()
         return _sample_interpolant(cfg, objective, path, rank, ctx)
-    if not isinstance(objective, (MDLM, SEDD)):
-        raise FileNotFoundError(
-            f"mdfast sample: objective '{name}' is not supported (the MDLM family: mdlm, imdm, "
-            "sdtt, redi; sedd; interpolant); use mdfast.sampling or the objective's own sampler "
-            "from Python"
-        )
-    if sp["sampler"] in INTERPOLANT_SAMPLERS:
-        valid = [n for n in sampling.sampler_names() if n not in INTERPOLANT_SAMPLERS]
-        raise ConfigError(
-            f"mdfast: sample.sampler '{sp['sampler']}' samples discrete interpolants; objective "
-            f"'{name}' takes one of {valid}"
-        )
-    model = objective.model
-    sampler = sp["sampler"]
-    if hasattr(model, "eps_from_seeds"):  # an IMDM backbone: its noise ε needs IMDM's sampler
-        sampler = "imdm" if sampler == "ddpm_cache" else sampler
-        if sampler != "imdm":
-            raise ValueError(
-                f"mdfast sample: an IMDM model samples with sample.sampler=imdm, got '{sampler}'"
-            )
-    time_conditioned = name == "sedd"
-    if time_conditioned:
-        model = _SigmaTime(model, objective.schedule)
-    length = sp["length"] or cfg["data"].get("length") or cfg["model"].get("model_length")
-    kwargs = {k: sp[k] for k in ("steps", "seed", "temperature", "top_p", "top_k",
-                                 "noise_removal", "batch_size")}  # fmt: skip
-    if sp["schedule"]:
-        kwargs["schedule"] = sp["schedule"]
-    if time_conditioned:
-        kwargs["time_conditioned"] = True
-    if sampler.startswith("remdm-"):
-        kwargs.update({k: sp[k] for k in ("t_on", "t_off", "alpha_on")})
-        if sp["eta"] >= 0:
-            kwargs["eta"] = sp["eta"]
-    if sampler == "imdm":
-        kwargs.update(fix_eps=sp["fix_eps"], mdlm_posterior=sp["mdlm_posterior"])
-    dup = sp["duplicate"]
-    if dup < 1 or sp["batch_size"] % dup:
-        raise ValueError(
-            f"mdfast sample: sample.duplicate={dup} must be >= 1 and divide sample.batch_size="
-            f"{sp['batch_size']}"
-        )
-    xs, groups, nfe, steps = [], [], 0, 0
-    for b in range(max(1, sp["num_batches"])):
-        kw = {**kwargs, "seed": sp["seed"] + b * 1_000_003}
-        distinct = sp["batch_size"] // dup
-        group = torch.arange(distinct).repeat(dup) + b * distinct
-        if sampler == "imdm":
-            if sp["eps_seed"] >= 2**31:
-                raise ValueError(
-                    f"mdfast sample: sample.eps_seed must be in [0, 2^31) (or -1), got "
-                    f"{sp['eps_seed']}"
-                )
-            if sp["eps_seed"] >= 0:
-                seeds = torch.full((distinct,), sp["eps_seed"], dtype=torch.int64)
-            else:
-                seeds = sampling.default_eps_seeds(kw["seed"], distinct)
-            kw["eps_seeds"] = seeds.repeat(dup).to(dev)
-        with torch.no_grad(), ctx:
-            if sp["semi_ar"]:
-                own = {k: kw.pop(k) for k in _IMDM_ONLY if k in kw}
-                res = sampling.semi_ar(model, sampler=sampler, length=int(length),
-                                       device=dev, mask_index=cfg["objective"]["mask_index"],
-                                       stride_length=sp["stride_length"],
-                                       num_strides=sp["num_strides"], sampler_options=own,
-                                       **kw)  # fmt: skip
-            else:
-                res = sampling.sample(model, sampler=sampler, length=int(length),
-                                      device=dev, mask_index=cfg["objective"]["mask_index"],
-                                      **kw)  # fmt: skip
-        xs.append(res.x)
-        groups.append(group)
-        nfe, steps = nfe + res.nfe, steps + res.steps
-    x = torch.cat(xs)
-    if rank != 0:
-        return 0
-    if sp["out"]:
-        torch.save(x.cpu(), sp["out"])
-    out = {"checkpoint": path, "sampler": sampler, "shape": list(x.shape), "nfe": nfe,
-           "steps": steps, "out": sp["out"] or None, "device": str(dev),
-           "samples": x[: min(2, len(x))].tolist()}  # fmt: skip
-    if dup > 1:  # IMDM's total correlation of samples that share their ε seed
-        from mdfast.metrics.total_correlation import total_correlation
-
-        out["total_correlation"] = total_correlation(x.cpu(), torch.cat(groups))
-    if cfg["data"]["name"] == "text":  # decoded with the run's tokenizer
-        from mdfast.data.text import load_tokenizer
-
-        tok = load_tokenizer(cfg["data"]["tokenizer"])
-        out["text"] = [tok.decode(row) for row in x[: min(2, len(x))].tolist()]
-    print(json.dumps(out))
+    summary = run_sample(cfg, objective, path, dev, rank, world)
+    if rank == 0:
+        print(json.dumps(summary))
     return 0
+
+
+def _eval_samples(args) -> int:
+    from mdfast.experiments.sample_eval import main as eval_samples
+
+    return eval_samples(args)
 
 
 # --- distillation ---------------------------------------------------------------------------
@@ -622,6 +532,7 @@ def _sample_interpolant(cfg: dict, objective, path, rank: int, ctx) -> int:
     from mdfast.sampling import sample
 
     sp, model = cfg["sample"], objective.model
+    sp = {**sp, "sampler": sp["sampler"] or "euler"}  # "" = the objective's default
     if sp["sampler"] not in ("euler", "maskgit"):
         raise ConfigError(
             f"mdfast: sample.sampler must be 'euler' or 'maskgit' for the interpolant objective, "
@@ -738,7 +649,9 @@ def _eval(args) -> int:
         print(json.dumps(cfg, indent=2))
         return 0
     ev = cfg["eval"]
-    amp = _autocast_dtype(ev["precision"], dev)
+    from mdfast.train.runtime import autocast_dtype
+
+    amp = autocast_dtype(ev["precision"], dev, "eval.precision")
     T = ev["T"] if ev["T"] >= 0 else int(cfg["objective"].get("T", 0) or 0)
     results = {}
     for name, ds in _eval_sets(cfg):
@@ -774,7 +687,7 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     # overrides may also follow options (`eval p --ckpt X key=v`): argparse leaves those over
     bad = [e for e in extra if e.startswith("-") or "=" not in e]
-    if bad or (extra and args.command == "presets"):
+    if bad or (extra and args.command in ("presets", "eval-samples")):
         parser.error(f"unrecognized arguments: {' '.join(bad or extra)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
@@ -786,7 +699,7 @@ def main(argv: list[str] | None = None) -> int:
             print("\n".join(preset_names()))
             return 0
         cmds = {"train": _train, "eval": _eval, "sample": _sample, "distill": _distill,
-                "prepare-text": _prepare_text}  # fmt: skip
+                "eval-samples": _eval_samples, "prepare-text": _prepare_text}  # fmt: skip
         rc = cmds[args.command](args)
         clean = True
         return rc

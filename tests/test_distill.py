@@ -32,6 +32,8 @@ from mdfast.distill import (
     transfer_weights,
 )
 from mdfast.experiments.data import synthetic_text
+from mdfast.experiments.generation import read_samples
+from mdfast.metrics.total_correlation import total_correlation
 from mdfast.models.dit import DiT, DiTConfig
 from mdfast.schedules import get_schedule
 
@@ -411,12 +413,18 @@ def test_distill_cli_end_to_end_and_sharded_couplings(tmp_path):
     assert cli_main(["distill", "redi", "tiny-imredi", *run, "train.steps=2", "data.length=8",
                      f"model.init_from={teacher}", f"data.path={tmp_path / 'c1'}",
                      f"train.out_dir={redi}"]) == 0  # fmt: skip
+    out = tmp_path / "samples.jsonl"
     r = _run(["sample", "tiny-imredi", f"train.out_dir={redi}", "sample.steps=2",
-              "sample.batch_size=12", "sample.duplicate=4"])  # fmt: skip
+              "sample.batch_size=5", "sample.num_samples=12", "sample.duplicate=4",
+              f"sample.out={out}"])  # fmt: skip
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads(r.stdout.strip().splitlines()[-1])
     assert res["sampler"] == "imdm" and res["shape"] == [12, 8]
-    assert res["total_correlation"]["groups"] == 3
+    rows = sorted(read_samples(str(out)), key=lambda r: r["index"])
+    x = torch.tensor([r["ids"] for r in rows])
+    assert rows[0]["settings"]["duplicate"] == 4 and int(x.max()) < 32  # tiny presets: mask 32
+    tc = total_correlation(x, torch.arange(12) % 3)  # duplicates: index mod 12 / 4
+    assert tc["groups"] == 3 and tc["tc"] >= 0
 
 
 def test_distill_cli_bad_input(tmp_path, capsys):

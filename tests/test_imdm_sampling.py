@@ -263,3 +263,34 @@ def test_bad_arguments():
         sampling.imdm(model, x_start=torch.full((3, 4), 5), **kw)
     with pytest.raises(ValueError, match="'steps'"):
         sampling.imdm(model, **{**kw, "steps": 0})
+
+
+def test_keyed_samples_draw_the_exact_law_and_ignore_the_batch(fresh_seed):
+    """``sample_index``: sample g draws on its own keyed stream (events, tokens, redraws) and its
+    default ε seed is keyed by g. The chain's law holds (chi-square, 3000 samples) and a sample
+    (with an ε-dependent denoiser, duplicates by shared ε seeds) does not depend on its batch."""
+    model = ExactDenoiser(_table())
+    plan = sampling.grid_plan(STEPS, "loglinear")
+    law = _chain_law(model.cond, plan[:-1], final="sample")
+    n, seed = 3000, fresh_seed % 2**40
+    opts = {"length": L, "mask_index": MASK, "steps": STEPS, "seed": seed}
+    res = sampling.imdm(_EpsBlind(model), batch_size=n, sample_index=range(n), **opts)
+    ok, p = _chi2_ok(res.x, law)
+    assert ok, p
+    spy = SpyModel(5, noise_dim=2, depends_on_eps=True)
+    opts = {"length": 6, "mask_index": 5, "steps": 8, "seed": seed}
+    full = sampling.imdm(spy, batch_size=40, sample_index=range(40), **opts)
+    part = sampling.imdm(spy, batch_size=3, sample_index=[5, 17, 39], **opts)
+    assert torch.equal(part.x, full.x[[5, 17, 39]])
+    with pytest.raises(ValueError, match="'t_start'"):
+        sampling.imdm(spy, batch_size=2, sample_index=[0, 1], x_start=torch.full((2, 6), 5),
+                      t_start=torch.ones(2), **opts)  # fmt: skip
+
+
+def test_infix_template_is_kept(fresh_seed):
+    """A prefix template with −1 at free positions (fixed tokens in the middle) is never touched."""
+    model = SpyModel(6, noise_dim=2, depends_on_eps=True)
+    template = torch.tensor([-1, 2, -1, 4, 4])
+    res = sampling.imdm(model, batch_size=8, length=7, mask_index=6, steps=4, prefix=template,
+                        seed=fresh_seed % 2**40, sample_index=range(8))  # fmt: skip
+    assert (res.x[:, [1, 3, 4]] == torch.tensor([2, 4, 4])).all() and (res.x != 6).all()

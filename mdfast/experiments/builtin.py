@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from mdfast.experiments import image, text, text_data
+from mdfast.experiments import image, text, text_data, text_samplers
 from mdfast.experiments.data import load_tokens, synthetic_grid, synthetic_text
 from mdfast.experiments.registry import (
     register_data,
     register_model,
     register_objective,
     register_presets,
+    register_sampler,
 )
 
 __all__ = ["register"]
@@ -274,5 +275,7 @@ def register() -> None:
         _coupling,
     )
 
+    for objective, entry in text_samplers.ENTRIES.items():
+        register_sampler(objective, entry)
     register_presets(text.PRESETS)
     register_presets(image.PRESETS)

@@ -7,7 +7,10 @@ change — and returns a :class:`SampleResult` with the samples, the number of d
 of steps taken. The same ``seed`` gives the same samples: all randomness comes from the Philox
 streams of :func:`mdfast.ops.mask_step`, :func:`mdfast.ops.sample_x0` and
 :func:`mdfast.ops.uniform`, one offset per op call from a :class:`mdfast.rng.PhiloxStream` of
-``seed``. ``schedule`` is a name of :func:`mdfast.schedules.get_schedule` or a schedule object.
+``seed`` — or, with ``sample_index`` (global indices of the batch's samples in a larger job),
+one keyed stream per sample (:class:`mdfast.rng.SampleCursor`), so that sample g does not
+depend on the batch it runs in. ``schedule`` is a name of :func:`mdfast.schedules.get_schedule`
+or a schedule object.
 
 Time runs on MDLM's grid t_k = linspace(1, eps, T + 1); a step goes t = t_k -> s = t_{k+1}.
 
@@ -36,6 +39,8 @@ Time runs on MDLM's grid t_k = linspace(1, eps, T + 1); a step goes t = t_k -> s
 * :func:`imdm` — IMDM's sampler: MDLM's chain on the tokens plus the noise ε of the masked
   positions, kept or redrawn by IMDM's three-way posterior and seeded per sample
   (:mod:`mdfast.sampling.imdm`).
+* :func:`ar_sample` — ancestral sampling of a causal (AR) model, KV-cached, each sample on its
+  own keyed stream (:class:`mdfast.rng.SampleCursor`).
 * :func:`semi_ar` — semi-autoregressive generation; ``prefix=`` conditions any sampler on fixed
   leading tokens (carry-over keeps them; remasking never touches them).
 * :func:`euler` and :func:`maskgit` (:mod:`mdfast.sampling.interpolant`) — the discrete-interpolant
@@ -55,6 +60,7 @@ from __future__ import annotations
 
 from mdfast.sampling import remask_rates
 from mdfast.sampling.ancestral import analytic, ddpm, ddpm_cache, first_hitting
+from mdfast.sampling.ar import ar_sample
 from mdfast.sampling.chain import SampleResult, grid_plan
 from mdfast.sampling.dispatch import sample, sampler_names
 from mdfast.sampling.guidance import guided_logits
@@ -71,6 +77,7 @@ __all__ = [
     "SampleResult",
     "SamplerSettings",
     "analytic",
+    "ar_sample",
     "ddpm",
     "ddpm_cache",
     "default_eps_seeds",

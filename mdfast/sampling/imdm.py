@@ -43,16 +43,17 @@ import torch
 
 from mdfast import ops
 from mdfast.diffusion.imdm import EPS_SEEDS, redraw_probability, seeded_eps
-from mdfast.rng import NoiseKey, PhiloxStream, Purpose, stream_seed
+from mdfast.rng import NoiseKey, PhiloxStream, Purpose, SampleCursor, stream_seed
 from mdfast.sampling.chain import (
     SampleResult,
+    _cursor,
     _Denoiser,
     _draw_rows,
     _grid,
     _init_x,
+    _mask_step,
     _noise_removal,
     _nvtx,
-    _rng_kw,
 )
 from mdfast.sampling.settings import SamplerSettings, settings_for
 from mdfast.schedules import get_schedule
@@ -158,7 +159,10 @@ def imdm(
     ``noise_removal=False`` leaves the positions still masked at the end as they are
     (``last_step`` then does not apply). ``cache=False`` calls the denoiser every step (the same
     samples, for testing the cache). Token draws, unmask events and redraw events come from Philox
-    streams of ``seed``: the same seed and ε seeds give the same samples.
+    streams of ``seed``: the same seed and ε seeds give the same samples; with ``sample_index``
+    (the settings' global sample indices) each sample draws on its own keyed stream
+    (:class:`mdfast.rng.SampleCursor`) and its default ε seed is keyed by its index, so a
+    sample does not depend on the batch it is drawn in.
     """
     st = settings_for("imdm", settings, options)
     for name, value in (("fix_eps", fix_eps), ("mdlm_posterior", mdlm_posterior),
@@ -173,7 +177,10 @@ def imdm(
     dev = x.device
     noise_dim = getattr(model, "noise_dim", None)
     den = _EpsDenoiser(model, False)
-    rng = PhiloxStream(st.seed)
+    rng = _cursor(st)
+    keyed = isinstance(rng, SampleCursor)
+    if keyed and t0 is not None:
+        raise ValueError("mdfast: argument 't_start' cannot be combined with 'sample_index'")
     redraw_rng = PhiloxStream(stream_seed(st.seed, Purpose.REVERSE, "imdm-redraw"))
     alphas = _alphas(steps, st.schedule or "loglinear", st.eps, t0, batch_size, dev)
     ancestral_end = st.noise_removal and last_step == "ancestral"
@@ -182,7 +189,8 @@ def imdm(
     eps_now = None
     if noise_dim is not None:
         if eps_seeds is None:
-            eps_seeds = default_eps_seeds(st.seed, batch_size, dev)
+            index = st.sample_index if keyed else batch_size
+            eps_seeds = default_eps_seeds(st.seed, index, dev)
         eps_seeds = torch.as_tensor(eps_seeds, device=dev)
         if tuple(eps_seeds.shape) != (batch_size,):
             raise ValueError(
@@ -199,17 +207,22 @@ def imdm(
             out = den(x, eps_now)
         masked = x == mask_index
         with _nvtx("sample"):
-            x_next, changed, _ = ops.mask_step(
-                x, None, mask_index=mask_index, alpha_t=a_t, alpha_s=a_s, **_rng_kw(rng)
-            )
+            # keyed: one alpha for the batch (no t_start), and a draw every step so that a
+            # sample's offsets never depend on the others
+            at, as_ = (float(a_t[0]), float(a_s[0])) if keyed else (a_t, a_s)
+            x_next, changed, _ = _mask_step(x, None, st, rng, alpha_t=at, alpha_s=as_)
             rows = (changed & masked).reshape(-1).nonzero()[:, 0]
-            if rows.numel():
+            if rows.numel() or keyed:
                 _draw_rows(den, out, x_next, rows, st, rng)
         touched = bool(changed.any())
         if redraws:
             stay = masked & ~changed
-            if bool(stay.any()):
+            u = None
+            if keyed:
+                u = rng.next().uniform(rng.purpose, length, device=dev)
+            elif bool(stay.any()):
                 u = ops.uniform(x.shape, *redraw_rng.next(), device=dev)
+            if u is not None:
                 redraw = stay & (u < redraw_probability(a_t, a_s)[:, None])
                 hit = redraw.any(dim=1).nonzero()[:, 0]
                 if hit.numel():
