@@ -47,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(
         dest="command",
         required=True,
-        metavar="{train,eval,sample,eval-samples,prepare-text,presets}",
+        metavar="{train,eval,sample,eval-samples,distill,prepare-text,presets}",
     )
     t = sub.add_parser(
         "train", help="train a preset", epilog=_presets_epilog(), formatter_class=fmt
@@ -104,6 +104,23 @@ def _parser() -> argparse.ArgumentParser:
     es.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"))
     es.add_argument("--device", default="", help="cuda, cuda:N or cpu (default: cuda if available)")
     es.add_argument("--out", default="", help="also write the result JSON here")
+    ds = sub.add_parser(
+        "distill",
+        help="few-step distillation: sdtt (SDTT / IM-SDTT), redi-data (couplings), redi",
+        epilog=_presets_epilog() + "\nexamples:\n"
+        "  mdfast distill sdtt imsdtt-lm1b model.init_from=runs/mdlm-lm1b/ckpt-01000000.pt\n"
+        "  mdfast distill redi-data imredi-lm1b model.init_from=IMSDTT.pt data.path=couplings\n"
+        "  mdfast distill redi imredi-lm1b model.init_from=IMSDTT.pt data.path=couplings",
+        formatter_class=fmt,
+    )
+    ds.add_argument("method", choices=["sdtt", "redi-data", "redi"])
+    ds.add_argument("preset")
+    ds.add_argument("overrides", nargs="*", help="section.key=value")
+    ds.add_argument("--resume", nargs="?", const="auto", default=None,
+                    help="sdtt / redi: resume from PATH, or the latest checkpoint in "
+                    "train.out_dir")  # fmt: skip
+    ds.add_argument("--print-config", action="store_true")
+    ds.add_argument("--device", default="", help="redi-data: cuda, cuda:N or cpu")
     pt = sub.add_parser(
         "prepare-text",
         help="tokenize a local corpus into memory-mapped token files",
@@ -145,7 +162,7 @@ def _check_data(cfg: dict, *datasets) -> None:
 def _train(args) -> int:
     import torch
 
-    from mdfast.experiments.build import build_data, build_model, build_objective
+    from mdfast.experiments.build import build_data
     from mdfast.train import TrainConfig, train
 
     cfg = _config(args)
@@ -157,7 +174,7 @@ def _train(args) -> int:
     torch.manual_seed(cfg["train"]["seed"])  # identical init on every rank
     train_data, _ = build_data(cfg["data"])
     _check_data(cfg, train_data)
-    objective = build_objective(cfg["objective"], build_model(cfg["model"]))
+    objective = _objective_with_init(cfg)
     result = train(objective, train_data, TrainConfig(**cfg["train"]), full_config=cfg)
     if int(os.environ.get("RANK", 0)) == 0:
         last = result["losses"][-1] if result["losses"] else float("nan")
@@ -216,9 +233,7 @@ def _load_run(args, section: str, device=None):
     from ``model.init_from`` (published weights) or be asked for with ``model.random_init=true``.
     ``objective`` is None for ``--print-config``."""
     from mdfast import experiments
-    from mdfast.experiments.build import build_model, build_objective
     from mdfast.train import checkpoint as ckpt_io
-    from mdfast.train.ema import EMA
 
     cfg = _config(args)
     if args.ckpt:
@@ -242,17 +257,27 @@ def _load_run(args, section: str, device=None):
             "published weights with model.init_from=PATH, or set model.random_init=true to run "
             "with random weights"
         )
-    objective = build_objective(cfg["objective"], build_model(cfg["model"]))
-    if state is not None:
-        objective.load_state_dict(state["model"])
-        if cfg[section]["use_ema"] and state.get("ema") is not None:
-            ema = EMA(objective, state["ema"]["decay"])
-            ema.load_state_dict(state["ema"])
-            ema.copy_to()
+    objective = _built_with_weights(cfg, state, cfg[section]["use_ema"])
     objective.eval()
     if device is not None:
         objective.to(device)
     return cfg, objective, path
+
+
+def _built_with_weights(cfg: dict, state: dict | None, use_ema: bool):
+    """The objective of ``cfg`` with the weights of a training checkpoint ``state`` (its EMA
+    weights when ``use_ema`` and it has them)."""
+    from mdfast.experiments.build import build_model, build_objective
+    from mdfast.train.ema import EMA
+
+    objective = build_objective(cfg["objective"], build_model(cfg["model"]))
+    if state is not None:
+        objective.load_state_dict(state["model"])
+        if use_ema and state.get("ema") is not None:
+            ema = EMA(objective, state["ema"]["decay"])
+            ema.load_state_dict(state["ema"])
+            ema.copy_to()
+    return objective
 
 
 def _sample(args) -> int:
@@ -289,6 +314,222 @@ def _eval_samples(args) -> int:
     from mdfast.experiments.sample_eval import main as eval_samples
 
     return eval_samples(args)
+
+
+# --- distillation ---------------------------------------------------------------------------
+
+_DISTILL_OBJECTIVES = {"sdtt": "sdtt", "redi": "redi", "redi-data": "redi"}
+
+
+def _training_checkpoint(path: str) -> dict | None:
+    """The state of an mdfast training checkpoint at ``path``, or None when ``path`` is not one
+    (a published checkpoint that the model factory loads)."""
+    import torch
+
+    from mdfast.train import checkpoint as ckpt_io
+
+    if not os.path.isfile(path):
+        return None
+    try:
+        peek = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except Exception:
+        return None
+    if not (isinstance(peek, dict) and "config" in peek and "model" in peek and "step" in peek):
+        return None
+    return ckpt_io.load(path)
+
+
+def _teacher(path: str, state: dict, cfg: dict):
+    """(teacher config, backbone) of the mdfast checkpoint ``path`` (EMA weights), checked against
+    the run's mask id."""
+    stored = state["config"]
+    if not isinstance(stored, dict) or not {"model", "objective"} <= set(stored):
+        raise ValueError(f"mdfast: checkpoint '{path}' has no stored model / objective config")
+    from mdfast import experiments
+
+    tcfg = experiments.resolve({k: stored[k] for k in ("model", "objective", "data")
+                                if k in stored})  # fmt: skip
+    tcfg["model"]["init_from"] = ""  # its weights are in the checkpoint
+    kind = tcfg["objective"]["name"]
+    if kind not in ("mdlm", "imdm", "sdtt", "redi"):
+        raise ValueError(
+            f"mdfast: checkpoint '{path}' was trained with objective '{kind}'; model.init_from "
+            "takes an mdlm, imdm, sdtt or redi checkpoint"
+        )
+    mine, theirs = cfg["objective"]["mask_index"], tcfg["objective"]["mask_index"]
+    if mine != theirs:
+        raise ValueError(
+            f"mdfast: checkpoint '{path}' uses mask id {theirs} but the run has "
+            f"objective.mask_index={mine}"
+        )
+    objective = _built_with_weights(tcfg, state, use_ema=True)
+    return tcfg, objective.model
+
+
+def _objective_with_init(cfg: dict):
+    """The run's objective. ``model.init_from`` = an mdfast training checkpoint puts its (EMA)
+    weights into the objective's backbone (:func:`mdfast.distill.transfer_weights`: an MDLM into
+    an IMDM keeps the zero ε branch) and is cleared from ``cfg`` (the run's checkpoints hold every
+    weight); other paths are published weights that the model factory loads."""
+    from mdfast.distill import transfer_weights
+    from mdfast.experiments.build import build_model, build_objective
+
+    init = cfg["model"].get("init_from", "")
+    state = _training_checkpoint(init) if init else None
+    if state is None:
+        return build_objective(cfg["objective"], build_model(cfg["model"]))
+    _, source = _teacher(init, state, cfg)
+    objective = build_objective(cfg["objective"], build_model({**cfg["model"], "init_from": ""}))
+    transfer_weights(source, objective.model, what=f"checkpoint '{init}'")
+    cfg["model"]["init_from"] = ""
+    return objective
+
+
+def _student_from(cfg: dict):
+    """(objective, teacher path): the run's objective started from ``model.init_from`` (an
+    mdfast checkpoint or published weights), its teacher (SDTT) a copy of those weights."""
+    init = cfg["model"].get("init_from", "")
+    if not init:
+        raise ValueError(
+            "mdfast distill: set model.init_from=CKPT (the teacher: an mdfast checkpoint, e.g. "
+            "runs/mdlm-lm1b/ckpt-00100000.pt, or published MDLM weights)"
+        )
+    objective = _objective_with_init(cfg)
+    if hasattr(objective, "reset_teacher"):
+        objective.reset_teacher()
+    cfg["model"]["init_from"] = ""  # the run's checkpoints hold every weight
+    return objective, init
+
+
+def _distill(args) -> int:
+    from mdfast import experiments
+
+    cfg = _config(args)
+    want = _DISTILL_OBJECTIVES[args.method]
+    if cfg["objective"]["name"] != want:
+        raise experiments.ConfigError(
+            f"mdfast distill {args.method}: preset '{args.preset}' has objective.name="
+            f"{cfg['objective']['name']}; use a preset with objective.name={want}"
+        )
+    if args.method == "redi-data":
+        return _redi_data(args, cfg)
+    if args.method == "redi" and cfg["data"]["name"] != "coupling":
+        raise experiments.ConfigError(
+            f"mdfast distill redi: preset '{args.preset}' trains on data.name="
+            f"{cfg['data']['name']}; ReDi trains on data.name=coupling"
+        )
+    if args.resume is not None:
+        cfg["train"]["resume"] = args.resume
+    if args.print_config:
+        print(json.dumps(cfg, indent=2))
+        return 0
+    return _distill_train(args, cfg)
+
+
+def _distill_train(args, cfg: dict) -> int:
+    import torch
+
+    from mdfast.experiments.build import build_data
+    from mdfast.train import TrainConfig, train
+
+    torch.manual_seed(cfg["train"]["seed"])
+    train_data, _ = build_data(cfg["data"])
+    if args.method == "redi":
+        d, o = cfg["data"], cfg["objective"]
+        noise = (o["noise_dim"] or cfg["model"].get("hidden_dim")) if o["base"] == "imdm" else None
+        train_data.check_compatible(vocab_size=cfg["model"].get("vocab_size"),
+                                    mask_index=o["mask_index"], length=d["length"] or None,
+                                    tokenizer=d["tokenizer"] or None, noise_dim=noise)  # fmt: skip
+    else:
+        _check_data(cfg, train_data)
+    objective, teacher = _student_from(cfg)
+    rank = int(os.environ.get("RANK", 0))
+    rounds = getattr(objective, "rounds", None)
+    if rounds is not None and cfg["train"]["steps"] > rounds.total_steps:
+        if rank == 0:
+            print(f"mdfast distill: the round schedule ends after {rounds.total_steps} steps "
+                  f"({rounds.rounds} rounds, the last student takes "
+                  f"{rounds.student_steps(rounds.rounds - 1):g} steps); stopping there",
+                  file=sys.stderr)  # fmt: skip
+        cfg["train"]["steps"] = rounds.total_steps
+    result = train(objective, train_data, TrainConfig(**cfg["train"]), full_config=cfg)
+    if rank == 0:
+        last = result["losses"][-1] if result["losses"] else float("nan")
+        print(json.dumps({"method": args.method, "teacher": teacher, "step": result["step"],
+                          "last_loss": last, "checkpoint": result["checkpoint"]}))  # fmt: skip
+    return 0
+
+
+def _coupling_source(cfg: dict, teacher_cfg: dict | None):
+    """(dataset, tokenizer name) the couplings are drawn from: data.source (a prepared
+    directory or a preset name), else the teacher's training data."""
+    from mdfast import experiments
+    from mdfast.experiments.build import build_data
+
+    src = cfg["data"]["source"]
+    if src and os.path.isdir(src):
+        from mdfast.data.text import TokenFile
+
+        tf = TokenFile(src, "train")
+        return tf, tf.header.get("tokenizer", "")
+    if src:
+        data = experiments.apply_overrides(experiments.get(src), [])["data"]
+    elif teacher_cfg is not None and "data" in teacher_cfg:
+        data = teacher_cfg["data"]
+    else:
+        raise ValueError(
+            "mdfast distill redi-data: set data.source (a prepared directory or a preset whose "
+            "data the couplings are drawn from)"
+        )
+    train_data, _ = build_data(data)
+    header = getattr(train_data, "header", None) or {}
+    return train_data, header.get("tokenizer", data.get("tokenizer", ""))
+
+
+def _redi_data(args, cfg: dict) -> int:
+    from mdfast.distill import generate_coupling
+
+    if args.print_config:
+        print(json.dumps(cfg, indent=2))
+        return 0
+    d = cfg["data"]
+    if d["name"] != "coupling" or not d["path"]:
+        raise ValueError("mdfast distill redi-data: set data.path (the output directory) on a "
+                         "preset with data.name=coupling")  # fmt: skip
+    init = cfg["model"].get("init_from", "")
+    state = _training_checkpoint(init) if init else None
+    if state is None:
+        raise ValueError(
+            "mdfast distill redi-data: set model.init_from to the teacher's mdfast checkpoint "
+            f"(got {init!r})"
+        )
+    rank, world, dev = _device(args)
+    teacher_cfg, teacher = _teacher(init, state, cfg)
+    vocab = teacher_cfg["model"]["vocab_size"]
+    if cfg["model"].get("vocab_size") not in (None, vocab):
+        raise ValueError(
+            f"mdfast: checkpoint '{init}' has vocabulary size {vocab} but the run has "
+            f"model.vocab_size={cfg['model']['vocab_size']}"
+        )
+    source, tokenizer = _coupling_source(cfg, teacher_cfg)
+    if d["tokenizer"] and tokenizer and d["tokenizer"] != tokenizer:
+        raise ValueError(
+            f"mdfast distill redi-data: the source data is tokenized with '{tokenizer}' but the "
+            f"run has data.tokenizer={d['tokenizer']}"
+        )
+    teacher.eval().to(dev)
+    header = generate_coupling(
+        teacher, source, d["path"], pairs=d["pairs"], mask_index=cfg["objective"]["mask_index"],
+        model_vocab_size=vocab, steps=d["teacher_steps"], batch_size=d["gen_batch_size"],
+        seed=d["seed"], perturbed=d["perturbed"], fix_eps=d["fix_eps"], rank=rank, world=world,
+        device=dev, overwrite=d["overwrite"], progress=sys.stderr.isatty(),
+        header={"teacher": os.path.abspath(init), "teacher_objective":
+                teacher_cfg["objective"]["name"], "tokenizer": tokenizer,
+                "source": d["source"] or "teacher's data"},
+    )  # fmt: skip
+    if rank == 0:
+        print(json.dumps({"path": d["path"], **header}))
+    return 0
 
 
 def _sample_interpolant(cfg: dict, objective, path, rank: int, ctx) -> int:
@@ -472,7 +713,7 @@ def main(argv: list[str] | None = None) -> int:
 
             print("\n".join(preset_names()))
             return 0
-        cmds = {"train": _train, "eval": _eval, "sample": _sample,
+        cmds = {"train": _train, "eval": _eval, "sample": _sample, "distill": _distill,
                 "eval-samples": _eval_samples, "prepare-text": _prepare_text}  # fmt: skip
         rc = cmds[args.command](args)
         clean = True

@@ -9,7 +9,14 @@ import importlib
 
 from mdfast.diffusion.ar import AR
 from mdfast.diffusion.base import Objective, sample_t
-from mdfast.diffusion.imdm import IMDM, IMDMBackbone, imdm_posterior, imdm_update
+from mdfast.diffusion.imdm import (
+    IMDM,
+    IMDMBackbone,
+    imdm_posterior,
+    imdm_update,
+    redraw_probability,
+    seeded_eps,
+)
 from mdfast.diffusion.interpolants import Interpolant, dkappa, kappa
 from mdfast.diffusion.mdlm import MDLM
 from mdfast.diffusion.prime import Prime
@@ -28,7 +35,9 @@ __all__ = [
     "imdm_posterior",
     "imdm_update",
     "kappa",
+    "redraw_probability",
     "sample_t",
+    "seeded_eps",
 ]
 
 _DEPRECATED_SUBMODULES = {"ambient"}

@@ -4,6 +4,14 @@ Embedding ``h = E[x] + 1[x = m]·MLP(ε)`` with the MLP's last layer zero-initia
 after loading an MDLM checkpoint into ``.dit``) IMDM is exactly MDLM. Training is MDLM's SUBS loss
 with a fresh ε per position per call. :func:`imdm_posterior` / :func:`imdm_update` give the
 reverse step with keep/redraw of ε.
+
+Seeded ε (:func:`seeded_eps`): ``Purpose.EPSILON`` keyed noise (:class:`mdfast.rng.NoiseKey`)
+whose sample index is the ε seed: a sample with seed ``s`` (an int in [0, 2^31)) has
+ε[l, d] = (2u − 1)·scale with u = ``NoiseKey(EPS_KEY_SEED, k, [s], 2^31).uniform(EPSILON,
+(L, D), "seeded")[0, l, d]``, where step ``k = 0`` is the initial draw and ``k ≥ 1`` the redraws
+of reverse step k. So ε depends on the seed alone (not on the batch, the process or the run's
+seed): samples that share a seed share ε, and a coupling file that stores the seed regenerates
+it.
 """
 
 from __future__ import annotations
@@ -15,7 +23,24 @@ from torch import nn
 from mdfast import rng
 from mdfast.diffusion.mdlm import MDLM
 
-__all__ = ["IMDM", "EpsilonMLP", "IMDMBackbone", "imdm_posterior", "imdm_update"]
+__all__ = [
+    "EPS_KEY_SEED",
+    "EPS_SEEDS",
+    "EPS_STREAM_NAME",
+    "IMDM",
+    "EpsilonMLP",
+    "IMDMBackbone",
+    "imdm_posterior",
+    "imdm_update",
+    "redraw_probability",
+    "seeded_eps",
+]
+
+# the run seed of the seeded-ε keys: a constant, so ε is a function of the ε seed alone and a
+# coupling file written earlier regenerates the same noise (its header names this version)
+EPS_KEY_SEED = 0
+EPS_STREAM_NAME = "mdfast-noisekey/epsilon/seeded/1"
+EPS_SEEDS = 2**31  # ε seeds are ints in [0, EPS_SEEDS)
 
 
 class EpsilonMLP(nn.Module):
@@ -40,6 +65,7 @@ class IMDMBackbone(nn.Module):
         mask_index: int,
         noise_dim: int | None = None,
         noise_scale: float = 1.0,
+        as_mdlm: bool = False,
     ):
         super().__init__()
         self.dit = dit
@@ -47,6 +73,7 @@ class IMDMBackbone(nn.Module):
         self.noise_dim = noise_dim or d
         self.noise_scale = noise_scale
         self.mask_index = mask_index
+        self.as_mdlm = as_mdlm  # ablation: the ε branch outputs zero (the network cannot see ε)
         self.eps_mlp = EpsilonMLP(self.noise_dim, d)
 
     def draw_eps(self, shape, device, generator=None, stream: tuple = ()) -> torch.Tensor:
@@ -56,8 +83,14 @@ class IMDMBackbone(nn.Module):
                      generator=generator)  # fmt: skip
         return (2 * u - 1) * self.noise_scale
 
+    def eps_from_seeds(self, seeds: torch.Tensor, length: int, step: int = 0) -> torch.Tensor:
+        """:func:`seeded_eps` of this backbone's ``noise_dim`` and ``noise_scale``."""
+        return seeded_eps(seeds, length, self.noise_dim, step=step, scale=self.noise_scale)
+
     def embeds(self, xt: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         h = self.dit.embed(xt)
+        if self.as_mdlm:
+            return h
         masked = (xt == self.mask_index)[..., None].to(h.dtype)
         return h + masked * self.eps_mlp(eps.to(h.dtype))
 
@@ -95,10 +128,11 @@ class IMDM(MDLM):
         mask_index: int,
         noise_dim: int | None = None,
         noise_scale: float = 1.0,
+        as_mdlm: bool = False,
         **kwargs,
     ):
         if not isinstance(model, IMDMBackbone):
-            model = IMDMBackbone(model, mask_index, noise_dim, noise_scale)
+            model = IMDMBackbone(model, mask_index, noise_dim, noise_scale, as_mdlm)
         super().__init__(model, mask_index, **kwargs)
 
 
@@ -111,6 +145,48 @@ def imdm_posterior(alpha_t, alpha_s):
     r = alpha_t / alpha_s
     den = 1 - alpha_t
     return (alpha_s - alpha_t) / den, (r - alpha_t) / den, (1 - r) * (1 - alpha_s) / den
+
+
+def redraw_probability(alpha_t, alpha_s):
+    """P(redraw ε | the masked position stays masked) = p_redraw / (p_keep + p_redraw)
+    = 1 − α_t/α_s (float64; 0 where nothing stays masked, α_s = 1). Drawing "unmask" with
+    :func:`mdfast.ops.mask_step`'s MDLM probability and then "redraw" with this one gives the
+    three masses of :func:`imdm_posterior`."""
+    _, p_keep, p_redraw = imdm_posterior(alpha_t, alpha_s)
+    stay = p_keep + p_redraw
+    return torch.where(stay > 0, p_redraw / stay.clamp_min(1e-300), torch.zeros_like(stay))
+
+
+def seeded_eps(
+    seeds: torch.Tensor,
+    length: int,
+    noise_dim: int,
+    *,
+    step: int = 0,
+    scale: float = 1.0,
+    device=None,
+) -> torch.Tensor:
+    """ε [B, length, noise_dim] of the samples with seeds ``seeds`` (ints in [0, 2^31), [B]):
+    (2u − 1)·scale with u the float32 ``Purpose.EPSILON`` uniforms (id ``"seeded"``) of the
+    :class:`mdfast.rng.NoiseKey` (:data:`EPS_KEY_SEED`, ``step``, sample indices ``seeds``), see
+    the module docstring. ``step`` 0 is the initial ε, ``k ≥ 1`` the redraw of reverse step k.
+    On ``seeds``' device unless ``device`` is given."""
+    seeds = torch.as_tensor(seeds)
+    if seeds.dtype not in (torch.int64, torch.int32) or seeds.dim() != 1:
+        raise ValueError(
+            f"mdfast: argument 'seeds' must be an integer tensor of shape [B], got "
+            f"{seeds.dtype} {list(seeds.shape)}"
+        )
+    if seeds.numel() and not (0 <= int(seeds.min()) and int(seeds.max()) < EPS_SEEDS):
+        bad = int(seeds.min()) if int(seeds.min()) < 0 else int(seeds.max())
+        raise ValueError(f"mdfast: argument 'seeds' must lie in [0, 2^31), got {bad}")
+    if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step < 2**31:
+        raise ValueError(f"mdfast: argument 'step' must be an int in [0, 2^31), got {step!r}")
+    device = seeds.device if device is None else torch.device(device)
+    key = rng.NoiseKey(EPS_KEY_SEED, step, seeds.cpu(), EPS_SEEDS)
+    u = key.uniform(rng.Purpose.EPSILON, (length, noise_dim), "seeded", dtype=torch.float32,
+                    device=device)  # fmt: skip
+    return (2 * u - 1) * scale
 
 
 def imdm_update(xt, eps, x0_draw, alpha_t, alpha_s, mask_index: int, backbone=None, generator=None):

@@ -81,19 +81,20 @@ class MDLM(Objective):
         t = sample_t(n, eps=self.sampling_eps, antithetic=self.antithetic, device=device)
         return discretize_t(t, self.T) if self.T > 0 else t
 
-    def per_token(self, x0, xt, t, sigma, weight=None) -> torch.Tensor:
+    def per_token(self, x0, xt, t, sigma, weight=None, **model_kw) -> torch.Tensor:
         """SUBS loss per token. ``weight`` ([B]) replaces the schedule's −α'/(1−α) at ``t``
-        (the likelihood evaluation passes the exact discrete-time weights). ``fused``: the
+        (the likelihood evaluation passes the exact discrete-time weights); ``model_kw`` go to
+        the backbone (IMDM's ``eps``). ``fused``: the
         backbone's trunk, then the output projection fused with the masked CE
         (:func:`mdfast.ops.linear_masked_ce`), so logits are computed only for masked rows, a
         chunk at a time; needs ``model.trunk`` / ``head_weight`` / ``head_bias`` (the DiT and the
         IMDM backbone have them)."""
         lead = (-1, *([1] * (xt.dim() - 1)))
         if not self.fused:
-            logits = self.model(xt, sigma)
+            logits = self.model(xt, sigma, **model_kw)
             sched = self.schedule if weight is None else _FixedWeight(weight.reshape(lead))
             return subs_loss(logits, x0, xt, self.mask_index, t, sched)
-        hidden = self.model.trunk(xt, sigma)
+        hidden = self.model.trunk(xt, sigma, **model_kw)
         w, b = self.model.head_weight, self.model.head_bias
         dev = hidden.device.type
         dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else w.dtype

@@ -107,7 +107,11 @@ def _sample_defaults(given: dict) -> dict:
            # Euler and MaskGIT options of mdfast.sampling.interpolant (null = "none")
            "cfg_scale": 1.0, "label": -1, "context": "", "kappa": "", "t_min": 0.0,
            "max_last": False, "anneal_noise": None, "reveal": "linear", "randomize": "linear",
-           "r_temp": 4.5}  # fmt: skip
+           "r_temp": 4.5,
+           # IMDM (sampler imdm): keep ε (fix_eps) or MDLM's posterior, one ε seed for every
+           # sample (eps_seed >= 0; -1: one per sample), samples per ε seed (duplicate > 1:
+           # sample g shares its ε with every g' = g mod (num_samples / duplicate))
+           "fix_eps": False, "mdlm_posterior": False, "eps_seed": -1, "duplicate": 1}  # fmt: skip
     name = given.get("preset") or ""
     if name:
         from mdfast.experiments.generation import SAMPLER_PRESETS

@@ -108,6 +108,35 @@ def _imdm(model, o):
     return IMDM(model, **{**o, "noise_dim": o["noise_dim"] or None})
 
 
+def _student(model, o: dict):
+    """The backbone of a distillation student: the DiT, wrapped with an ε branch for
+    ``base=imdm``; returns (backbone, the remaining objective fields)."""
+    o = dict(o)
+    base, noise_dim, scale, as_mdlm = (o.pop(k) for k in ("base", "noise_dim", "noise_scale",
+                                                         "as_mdlm"))  # fmt: skip
+    if base == "imdm":
+        from mdfast.diffusion import IMDMBackbone
+
+        model = IMDMBackbone(model, o["mask_index"], noise_dim or None, scale, as_mdlm)
+    elif base != "mdlm":
+        raise ValueError(f"mdfast: objective.base must be 'mdlm' or 'imdm', got {base!r}")
+    return model, o
+
+
+def _sdtt(model, o):
+    from mdfast.distill import SDTT
+
+    backbone, o = _student(model, o)
+    return SDTT(backbone, **o)
+
+
+def _redi(model, o):
+    from mdfast.distill import ReDi
+
+    backbone, o = _student(model, o)
+    return ReDi(backbone, **o)
+
+
 def _interpolant(model, o):
     from mdfast.diffusion import Interpolant
 
@@ -137,6 +166,16 @@ def _synthetic_text(d):
     return _split_rows(synthetic_text(d["n"] + d["val_n"], **kw), d["n"])
 
 
+def _coupling(d):
+    from mdfast.distill import CouplingFile
+
+    if not d["path"]:
+        raise FileNotFoundError(
+            "mdfast: set data.path to a coupling directory (made by mdfast distill redi-data)"
+        )
+    return CouplingFile(d["path"]), None
+
+
 def _tokens(d):
     train = load_tokens(d["path"])
     if d["val_path"]:
@@ -155,9 +194,35 @@ def register() -> None:
     register_objective("ar", {"exclude_index": -1, "fused": False}, _ar)
     register_objective(
         "imdm",
-        {"mask_index": -1, "T": 0, "fused": False, "noise_dim": 0, "noise_scale": 1.0, **_DIFF},
+        {
+            "mask_index": -1,
+            "T": 0,
+            "fused": False,
+            "noise_dim": 0,
+            "noise_scale": 1.0,
+            "as_mdlm": False,
+            **_DIFF,
+        },
         _imdm,
     )
+    # distillation (mdfast.distill): base = the student's kind, mdlm (SDTT, ReDi) or imdm
+    # (IM-SDTT, IM-ReDi); the rest are the fields of SDTT / ReDi and MDLM
+    student = {"mask_index": -1, "base": "mdlm", "noise_dim": 0, "noise_scale": 1.0,
+               "as_mdlm": False, "T": 0, "fused": False, **_DIFF}  # fmt: skip
+    register_objective(
+        "sdtt",
+        {
+            **student,
+            "num_distill_steps": 2,
+            "start_steps": 1024,
+            "round_steps": 10_000,
+            "min_steps": 1,
+            "loss": "kl-bwd",
+            "fix_eps": True,
+        },
+        _sdtt,
+    )
+    register_objective("redi", {**student, "ignore_seed": False}, _redi)
     register_objective(
         "interpolant",
         {
@@ -188,6 +253,27 @@ def register() -> None:
     )
     register_data("tokens", {"path": "", "val_path": "", "val_fraction": 0.01}, _tokens)
     register_data("text", text_data.TEXT_DATA_DEFAULTS, text_data.load)
+    # ReDi couplings: path (the directory), and how mdfast distill redi-data makes one: source
+    # (a prepared directory or a preset name; empty = the teacher's training data), pairs,
+    # perturbed (t ~ U(0, 1), else t = 1), teacher_steps, gen_batch_size, seed, fix_eps;
+    # tokenizer / length (when set) are checked against the file's header
+    register_data(
+        "coupling",
+        {
+            "path": "",
+            "source": "",
+            "pairs": 100_000,
+            "perturbed": True,
+            "teacher_steps": 1024,
+            "gen_batch_size": 128,
+            "seed": 42,
+            "fix_eps": False,
+            "tokenizer": "",
+            "length": 0,
+            "overwrite": False,
+        },
+        _coupling,
+    )
 
     for objective, entry in text_samplers.ENTRIES.items():
         register_sampler(objective, entry)

@@ -58,7 +58,8 @@ _SETTING_KEYS = ("preset", "steps", "length", "seed", "schedule", "temperature",
                  "nucleus", "noise_removal", "eta", "t_on", "t_off", "alpha_on", "semi_ar",
                  "stride_length", "num_strides", "kv_cache", "prompt", "infix", "infix_at",
                  "cond_data", "cond_split", "prefix_len", "cond_repeats",
-                 "precision")  # fmt: skip
+                 "precision", "fix_eps", "mdlm_posterior", "eps_seed",
+                 "duplicate")  # fmt: skip
 
 
 @dataclass

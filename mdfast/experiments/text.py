@@ -91,6 +91,32 @@ def _shakespeare(obj: dict, **model) -> dict:
     }  # fmt: skip
 
 
+# Few-step distillation (IMDM's scripts): SDTT / IM-SDTT from an MDLM (or IMDM) checkpoint
+# (model.init_from=CKPT), lr 6e-5, 500 warm-up steps, rounds of 10k steps from 1024 teacher steps,
+# global batch 32 (LM1B) / 128 (OWT); ReDi / IM-ReDi on a coupling of 100k pairs made by the
+# IM-SDTT teacher with 1024 steps, 50k steps at batch 128. IMDM's LM1B runs use the wrap layout
+# (its lm1b-wrap data); these presets train on the corpus preset's data section.
+_DISTILL_TRAIN = {**_MDLM_TRAIN, "lr": 6e-5, "warmup": 500, "steps": 70_000, "ckpt_every": 10_000,
+                  "log_every": 50}  # fmt: skip
+_REDI_TRAIN = {**_MDLM_TRAIN, "warmup": 500, "steps": 50_000, "batch_size": 128,
+               "ckpt_every": 10_000, "log_every": 50}  # fmt: skip
+_SDTT = {"name": "sdtt", "start_steps": 1024, "round_steps": 10_000, "num_distill_steps": 2,
+         "loss": "kl-bwd", "fix_eps": True}  # fmt: skip
+
+
+def _coupling(corpus: str, length: int, gen_batch: int) -> dict:
+    return {"name": "coupling", "path": f"data/couplings/imsdtt-{corpus}", "pairs": 100_000,
+            "perturbed": True, "teacher_steps": 1024, "gen_batch_size": gen_batch, "seed": 42,
+            "tokenizer": corpus_fields(corpus)["tokenizer"], "length": length}  # fmt: skip
+
+
+def _distilled(base: dict, *, train: dict, data: dict | None = None) -> dict:
+    out = {**base, "train": {**train, "out_dir": base["train"]["out_dir"]}}
+    if data is not None:
+        out["data"] = data
+    return out
+
+
 PRESETS = {
     "mdlm-owt-small": _owt({"name": "mdlm", "mask_index": 50257}),
     "mdlm-owt-medium": _owt({"name": "mdlm", "mask_index": 50257}, "medium"),
@@ -101,10 +127,49 @@ PRESETS = {
     "sedd-shakespeare": _shakespeare({"name": "sedd", "mask_index": 50257}, time_conditioning=True),
     "ar-shakespeare": _shakespeare({"name": "ar", "exclude_index": 50257}, causal=True),
     "imdm-lm1b": _lm1b({"name": "imdm", "mask_index": 103}),
+    "sdtt-lm1b": _distilled(
+        _lm1b({**_SDTT, "mask_index": 103, "base": "mdlm"}),
+        train={**_DISTILL_TRAIN, "batch_size": 32},
+    ),
+    "imsdtt-lm1b": _distilled(
+        _lm1b({**_SDTT, "mask_index": 103, "base": "imdm"}),
+        train={**_DISTILL_TRAIN, "batch_size": 32},
+    ),
+    "imsdtt-owt": _distilled(
+        _owt({**_SDTT, "mask_index": 50257, "base": "imdm", "noise_dim": 2048}),
+        train={**_DISTILL_TRAIN, "batch_size": 128},
+    ),
+    "imredi-lm1b": _distilled(
+        _lm1b({"name": "redi", "mask_index": 103, "base": "imdm"}),
+        train=_REDI_TRAIN,
+        data=_coupling("lm1b", 128, 128),
+    ),
+    "imredi-owt": _distilled(
+        _owt({"name": "redi", "mask_index": 50257, "base": "imdm", "noise_dim": 2048}),
+        train=_REDI_TRAIN,
+        data=_coupling("openwebtext", 1024, 32),
+    ),
     "tiny-mdlm": _tiny({"name": "mdlm", "mask_index": 32}),
     "tiny-mdlm-discrete": _tiny({"name": "mdlm", "mask_index": 32, "T": 100}),
     "tiny-sedd": _tiny({"name": "sedd", "mask_index": 32}, time_conditioning=True),
     "tiny-ar": _tiny({"name": "ar"}, causal=True, vocab_size=32),
     "tiny-imdm": _tiny({"name": "imdm", "mask_index": 32}),
+    "tiny-sdtt": _tiny(
+        {**_SDTT, "mask_index": 32, "base": "mdlm", "start_steps": 16, "round_steps": 10}
+    ),
+    "tiny-imsdtt": _tiny(
+        {**_SDTT, "mask_index": 32, "base": "imdm", "start_steps": 16, "round_steps": 10}
+    ),
+    "tiny-imredi": {
+        **_tiny({"name": "redi", "mask_index": 32, "base": "imdm"}),
+        "data": {
+            "name": "coupling",
+            "path": "runs/tiny-coupling",
+            "pairs": 128,
+            "teacher_steps": 16,
+            "gen_batch_size": 64,
+            "length": 32,
+        },
+    },
     "tiny-interpolant": _tiny({"name": "interpolant", "mask_index": 32, "kappa": "cosine"}),
 }

@@ -6,7 +6,11 @@
 * ``sedd``: ``analytic``, ``ddpm``, ``ddpm_cache`` and the ReMDM family, time-conditioned through
   its sigma(t);
 * ``ar``: ``ar``, ancestral with temperature / top-k / top-p and a KV cache;
-* ``imdm``: ``imdm``, the ε-carrying ancestral step (:func:`imdm_ancestral`).
+* ``imdm`` (and the ``sdtt`` / ``redi`` students): :func:`mdfast.sampling.imdm`, IMDM's
+  three-way posterior with the ε seeded per sample; ``sample.duplicate`` > 1 gives sample g the
+  ε seed of group g mod (num_samples / duplicate) (IMDM's total correlation), ``sample.eps_seed``
+  ≥ 0 one ε seed for all. An MDLM checkpoint runs it too (the same chain without ε), and an
+  MDLM-based ``sdtt`` / ``redi`` student also takes the ``mdlm`` samplers.
 
 Prefix and infix conditioning: fixed positions are written into the initial sequence and never
 remasked; AR takes a prefix only.
@@ -19,11 +23,8 @@ import torch
 from mdfast import sampling
 from mdfast.experiments.generation import SamplerEntry
 from mdfast.experiments.registry import ConfigError
-from mdfast.rng import SampleCursor
-from mdfast.sampling.chain import sample_x0_rows
-from mdfast.sampling.settings import SamplerSettings
 
-__all__ = ["ENTRIES", "imdm_ancestral"]
+__all__ = ["ENTRIES"]
 
 _REMDM = tuple(f"remdm-{s}" for s in ("cap", "rescale", "conf", "loop", "fb", "dfm"))
 
@@ -120,97 +121,63 @@ def _run_ar(job, sampler: str, given, indices):
         raise ConfigError(str(e).replace("argument '", "option 'sample.")) from None
 
 
-@torch.no_grad()
-def imdm_ancestral(
-    backbone,
-    *,
-    length: int,
-    mask_index: int,
-    steps: int,
-    seed: int,
-    sample_index,
-    given=None,
-    schedule: str = "loglinear",
-    eps: float = 1e-5,
-    noise_removal: bool = True,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    top_k: int = 0,
-    nucleus: str = "remdm",
-    device=None,
-) -> sampling.SampleResult:
-    """IMDM's ancestral sampler (``IMDM.generate_samples``): masked positions carry a noise
-    vector eps in [-1, 1]^D x scale; at each step t -> s of linspace(1, eps, T + 1) a masked
-    position unmasks with (alpha_s - alpha_t)/(1 - alpha_t) (token from p_theta(.|x_t, eps)),
-    stays masked keeping eps with (alpha_t/alpha_s - alpha_t)/(1 - alpha_t), or stays masked
-    with a fresh eps with (1 - alpha_t/alpha_s)(1 - alpha_s)/(1 - alpha_t)
-    (:func:`mdfast.diffusion.imdm.imdm_posterior`); the denoiser output is reused while neither
-    x nor eps changed; the still-masked positions take the argmax at the end. Sample g's
-    uniforms, eps and token draws come from its keyed stream (:class:`mdfast.rng.SampleCursor`:
-    step 0 the initial eps, then per step k the events, the tokens and the fresh eps)."""
-    from mdfast.diffusion.imdm import imdm_posterior
-    from mdfast.schedules import get_schedule
-
-    B, L, D = len(sample_index), length, backbone.noise_dim
-    st = SamplerSettings(batch_size=B, length=L, mask_index=mask_index, steps=steps, seed=seed,
-                         eps=eps, temperature=temperature, top_p=top_p, top_k=top_k,
-                         nucleus=nucleus, sample_index=sample_index)  # fmt: skip
-    cursor = SampleCursor(seed, st.sample_index)
-    x = torch.full((B, L), mask_index, dtype=torch.int64, device=device)
-    if given is not None:
-        x = torch.where(given >= 0, given.to(x.device), x)
-    sched = get_schedule(schedule)
-
-    def fresh_eps() -> torch.Tensor:  # one cursor step, drawn or not, so offsets stay keyed
-        key = cursor.next()
-        return lambda: (2 * key.uniform(cursor.purpose, (L, D), dtype=torch.float32,
-                                        device=x.device) - 1) * backbone.noise_scale  # fmt: skip
-
-    e = fresh_eps()()
-    ts = torch.linspace(1.0, eps, steps + 1, dtype=torch.float64)
-    hidden, nfe = None, 0
-    for k in range(steps):
-        t, s = ts[k], ts[k + 1]
-        a_t, a_s = (float(sched.alpha(v)) for v in (t, s))
-        if hidden is None:
-            hidden, nfe = backbone.trunk(x, None, e), nfe + 1
-        p_unmask, p_keep, _ = (float(p) for p in imdm_posterior(a_t, a_s))
-        u = cursor.next().uniform(cursor.purpose, L, device=x.device)
-        masked = x == mask_index
-        unmask = masked & (u < p_unmask)
-        reset = masked & (u >= p_unmask + p_keep)
-        rows = unmask.reshape(-1).nonzero()[:, 0]
-        logits = backbone.head(hidden.reshape(-1, hidden.shape[-1])[rows])
-        x.view(-1)[rows], _ = sample_x0_rows(logits, rows, L, st, cursor)
-        redraw = fresh_eps()
-        if bool(reset.any()):
-            e = torch.where(reset[..., None], redraw(), e)
-        if rows.numel() or bool(reset.any()):
-            hidden = None
-    if noise_removal and bool((x == mask_index).any()):
-        if hidden is None:
-            hidden, nfe = backbone.trunk(x, None, e), nfe + 1
-        rows = (x == mask_index).reshape(-1).nonzero()[:, 0]
-        logits = backbone.head(hidden.reshape(-1, hidden.shape[-1])[rows])
-        x.view(-1)[rows], _ = sample_x0_rows(logits, rows, L, st, cursor, temperature=0.0)
-    return sampling.SampleResult(x, nfe, steps, nfe * B)
+def _eps_seeds(job, indices) -> torch.Tensor:
+    """The ε seed of each sample: ``sample.eps_seed`` for all, or the default keyed seed of its
+    duplicate group g mod (num_samples / duplicate)."""
+    sp = job.sp
+    if sp["eps_seed"] >= 0:
+        if sp["eps_seed"] >= 2**31:
+            raise ConfigError(f"mdfast: sample.eps_seed must be in [0, 2^31) or -1, got "
+                              f"{sp['eps_seed']}")  # fmt: skip
+        return torch.full((len(indices),), sp["eps_seed"], dtype=torch.int64)
+    total = sp["num_samples"] or sp["batch_size"] * max(1, sp["num_batches"])
+    dup = sp["duplicate"]
+    if dup < 1 or total % dup:
+        raise ConfigError(
+            f"mdfast: sample.duplicate={dup} must be >= 1 and divide the number of samples "
+            f"({total})"
+        )
+    groups = torch.as_tensor(indices, dtype=torch.int64) % (total // dup)
+    return sampling.default_eps_seeds(sp["seed"], groups)
 
 
 def _run_imdm(job, sampler: str, given, indices):
+    """:func:`mdfast.sampling.imdm` with the settings of :func:`_masked_options`."""
     sp = job.sp
-    return imdm_ancestral(
-        job.model, length=job.length, mask_index=job.cfg["objective"]["mask_index"],
-        steps=sp["steps"], seed=sp["seed"], sample_index=indices, given=given,
-        schedule=sp["schedule"] or "loglinear", noise_removal=sp["noise_removal"],
-        temperature=sp["temperature"], top_p=sp["top_p"], top_k=sp["top_k"],
-        nucleus=sp["nucleus"], device=job.device,
-    )  # fmt: skip
+    if sp["semi_ar"]:
+        raise ConfigError("mdfast: sample.semi_ar is not available with sample.sampler=imdm")
+    opts = _masked_options(job, sampler, indices)
+    if given is not None:
+        last = int((given >= 0).any(0).nonzero().max()) + 1
+        opts["prefix"] = given[:, :last]
+    try:
+        return sampling.imdm(job.model, fix_eps=sp["fix_eps"], mdlm_posterior=sp["mdlm_posterior"],
+                             eps_seeds=_eps_seeds(job, indices).to(job.device),
+                             **opts)  # fmt: skip
+    except ValueError as e:
+        if isinstance(e, ConfigError) or "argument '" not in str(e):
+            raise
+        raise ConfigError(str(e).replace("argument '", "option 'sample.")) from None
 
+
+def _run_mdlm_family(job, sampler: str, given, indices):
+    """MDLM, SDTT and ReDi students: IMDM's sampler, or (no ε branch) the MDLM samplers."""
+    if sampler == "imdm":
+        return _run_imdm(job, sampler, given, indices)
+    if hasattr(job.model, "eps_from_seeds"):
+        raise ConfigError(
+            f"mdfast: an IMDM model samples with sample.sampler=imdm, got '{sampler}'"
+        )
+    return _run_masked(job, sampler, given, indices)
+
+
+_MDLM = ("ddpm_cache", "ddpm", "first_hitting", *_REMDM)
 
 ENTRIES = {
-    "mdlm": SamplerEntry(("ddpm_cache", "ddpm", "first_hitting", *_REMDM), "ddpm_cache",
-                         _run_masked),
+    "mdlm": SamplerEntry((*_MDLM, "imdm"), "ddpm_cache", _run_mdlm_family),
     "sedd": SamplerEntry(("analytic", "ddpm", "ddpm_cache", *_REMDM), "analytic", _run_masked),
     "ar": SamplerEntry(("ar",), "ar", _run_ar, conditioning="prefix"),
     "imdm": SamplerEntry(("imdm",), "imdm", _run_imdm),
+    "sdtt": SamplerEntry(("imdm", *_MDLM), "imdm", _run_mdlm_family),
+    "redi": SamplerEntry(("imdm", *_MDLM), "imdm", _run_mdlm_family),
 }  # fmt: skip

@@ -36,6 +36,9 @@ Time runs on MDLM's grid t_k = linspace(1, eps, T + 1); a step goes t = t_k -> s
   SEDD's denoiser step (every masked position *samples* its token).
 * :func:`remdm` — ReMDM remasking (cap, rescale, conf, loop), the forward-backward corrector
   (``"fb"``) and the DFM corrector (``"dfm"``) on MDLM's cached chain with alpha_t = 1 - t.
+* :func:`imdm` — IMDM's sampler: MDLM's chain on the tokens plus the noise ε of the masked
+  positions, kept or redrawn by IMDM's three-way posterior and seeded per sample
+  (:mod:`mdfast.sampling.imdm`).
 * :func:`ar_sample` — ancestral sampling of a causal (AR) model, KV-cached, each sample on its
   own keyed stream (:class:`mdfast.rng.SampleCursor`).
 * :func:`semi_ar` — semi-autoregressive generation; ``prefix=`` conditions any sampler on fixed
@@ -61,6 +64,7 @@ from mdfast.sampling.ar import ar_sample
 from mdfast.sampling.chain import SampleResult, grid_plan
 from mdfast.sampling.dispatch import sample, sampler_names
 from mdfast.sampling.guidance import guided_logits
+from mdfast.sampling.imdm import default_eps_seeds, imdm
 from mdfast.sampling.interpolant import InterpolantSettings, euler, maskgit
 from mdfast.sampling.remdm import remdm, remdm_plan
 from mdfast.sampling.semi_ar import semi_ar
@@ -76,10 +80,12 @@ __all__ = [
     "ar_sample",
     "ddpm",
     "ddpm_cache",
+    "default_eps_seeds",
     "euler",
     "first_hitting",
     "grid_plan",
     "guided_logits",
+    "imdm",
     "maskgit",
     "remask_rates",
     "remdm",

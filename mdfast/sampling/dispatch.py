@@ -1,12 +1,13 @@
 """Samplers by name, as ReMDM's ``sampling.sampler``: ``ddpm``, ``ddpm_cache``,
-``first_hitting``, ``analytic`` and ``remdm-<strategy>`` (cap, rescale, conf, loop, fb, dfm);
-and the discrete-interpolant samplers ``euler`` and ``maskgit`` (options in
+``first_hitting``, ``analytic``, ``imdm`` and ``remdm-<strategy>`` (cap, rescale, conf, loop,
+fb, dfm); and the discrete-interpolant samplers ``euler`` and ``maskgit`` (options in
 :class:`~mdfast.sampling.interpolant.InterpolantSettings`, condition in ``cond=``)."""
 
 from __future__ import annotations
 
 from mdfast.sampling.ancestral import analytic, ddpm, ddpm_cache, first_hitting
 from mdfast.sampling.chain import SampleResult
+from mdfast.sampling.imdm import imdm
 from mdfast.sampling.interpolant import euler, maskgit
 from mdfast.sampling.remdm import remdm
 from mdfast.sampling.settings import REMDM_STRATEGIES, SamplerSettings
@@ -18,6 +19,7 @@ SAMPLERS = {
     "ddpm_cache": ddpm_cache,
     "first_hitting": first_hitting,
     "analytic": analytic,
+    "imdm": imdm,
 }
 INTERPOLANT_SAMPLERS = {"euler": euler, "maskgit": maskgit}
 

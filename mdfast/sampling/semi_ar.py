@@ -20,6 +20,7 @@ def semi_ar(
     stride_length: int,
     num_strides: int,
     sampler: str = "ddpm_cache",
+    sampler_options: dict | None = None,
     **options,
 ) -> SampleResult:
     """Semi-autoregressive generation (MDLM ``sample_subs_guidance``): sample a window of
@@ -29,7 +30,8 @@ def semi_ar(
 
     Window k draws from its own stream, seed ``stream_seed(seed, Purpose.WINDOW, k)``
     (:func:`mdfast.rng.stream_seed`), so no two windows, and no window of another seed, share
-    noise."""
+    noise. ``sampler_options``: the sampler's own options beyond the settings (e.g. IMDM's
+    ``eps_seeds``, ``fix_eps``), given to every window."""
     st = SamplerSettings.build(settings, options, sampler="semi_ar", allowed=FIELDS)
     if st.prefix is not None:
         raise ValueError("mdfast: semi_ar sets each window's 'prefix' itself; do not pass one")
@@ -45,7 +47,8 @@ def semi_ar(
 
     def window(k: int, prefix) -> SampleResult:
         seed = stream_seed(st.seed, Purpose.WINDOW, k)
-        return sample(model, st.replace(seed=seed, prefix=prefix), sampler=sampler)
+        return sample(model, st.replace(seed=seed, prefix=prefix), sampler=sampler,
+                      **(sampler_options or {}))  # fmt: skip
 
     res = window(0, None)
     pieces, nfe, steps, seqs, x = [res.x], res.nfe, res.steps, res.sequences, res.x

@@ -26,6 +26,8 @@
   ``log.csv`` in ``out_dir``, TensorBoard when ``torch.utils.tensorboard`` imports, wandb when
   ``cfg.wandb`` and installed.
 - ``MDFAST_NVTX=1`` wraps forward/backward/step in NVTX ranges (CUDA only).
+- An objective with a ``begin_step(step)`` method (SDTT's rounds) is called with the global step
+  before each optimiser step, also after ``resume``.
 - A non-finite loss raises :class:`NonFiniteLossError` with the step number before the optimiser
   step; no checkpoint is written, so the last one stays intact.
 """
@@ -389,9 +391,13 @@ class _Run:
         bar = Progress(cfg.steps, enabled=self.rank == 0 and cfg.progress)
         losses: list[float] = []
         self.objective.train()
+        # an objective with a schedule over steps (SDTT's rounds) is told the step before it runs
+        begin_step = getattr(self.objective, "begin_step", None)
         try:
             for step in range(self.start, cfg.steps):
                 t0 = time.perf_counter()
+                if begin_step is not None:
+                    begin_step(step)
                 totals = self._forward_backward(step)
                 loss = self._global_loss(totals, step)
                 lr_used = self.opt.param_groups[0]["lr"]  # the rate this step used

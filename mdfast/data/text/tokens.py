@@ -25,7 +25,14 @@ import os
 import numpy as np
 import torch
 
-__all__ = ["HEADER_FORMAT", "TokenFile", "header_path", "read_header", "split_paths"]
+__all__ = [
+    "HEADER_FORMAT",
+    "TokenFile",
+    "check_header",
+    "header_path",
+    "read_header",
+    "split_paths",
+]
 
 HEADER_FORMAT = "mdfast-tokens/1"
 _DTYPES = {"uint16": np.uint16, "uint32": np.uint32}
@@ -183,12 +190,19 @@ class TokenFile:
             ("length", length, "data.length"),
             ("layout", layout, "data.layout"),
         )
-        for field, want, option in checks:
-            if want is None or (isinstance(want, int) and want < 0):
-                continue
-            if self.header.get(field) != want:
-                raise ValueError(
-                    f"mdfast: header '{hp}' field '{field}' = {self.header.get(field)!r} but "
-                    f"{what} has {option}={want!r} (prepare the data for this preset, or "
-                    "override the option)"
-                )
+        check_header(self.header, hp, checks, what,
+                     "prepare the data for this preset, or override the option")  # fmt: skip
+
+
+def check_header(header: dict, header_file: str, checks, what: str, hint: str) -> None:
+    """Raise a ``ValueError`` naming the option for the first ``(field, wanted value, option)``
+    of ``checks`` whose wanted value (None or a negative int: not checked) differs from the
+    header's ``field``."""
+    for field, want, option in checks:
+        if want is None or (isinstance(want, int) and want < 0):
+            continue
+        if header.get(field) != want:
+            raise ValueError(
+                f"mdfast: header '{header_file}' field '{field}' = {header.get(field)!r} but "
+                f"{what} has {option}={want!r} ({hint})"
+            )
