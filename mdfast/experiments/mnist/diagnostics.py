@@ -97,6 +97,7 @@ def diagnose(
 ) -> list[dict]:
     """One row per variant (and ``easy``): see the module docstring."""
     t_d = float(masked_fraction)
+    options = {v: _variant_options(v, t_d) for v in variants}
     clean = BinarizedMNIST(train=True, **source_args(data))
     corrupted = CorruptedMNIST(masked_fraction=t_d, seed=seed, base=clean)
     order = torch.randperm(len(clean.labels), generator=torch.Generator().manual_seed(seed))
@@ -105,7 +106,6 @@ def diagnose(
     oracle, easy = [], []
     grads = {v: [] for v in variants}
     values = {v: [] for v in variants}
-    options = {v: _variant_options(v, t_d) for v in variants}
     cons_options = {
         v: {k: o for k, o in opts.items() if k != "consistency_weight"}
         for v, opts in options.items()
