@@ -7,10 +7,19 @@ resolve a second multi-GB torch. Environment:
   is a CUDA build and nvcc is found; no visible GPU is needed to compile).
 * ``TORCH_CUDA_ARCH_LIST`` picks the GPU architectures (default ``8.0;9.0``).
 * ``MDFAST_DEBUG=1`` builds with ``-O0 -g``; ``MAX_JOBS`` caps ninja's parallelism.
+* ``CXX`` picks the C++ compiler. After the build, a child process loads the extension and makes
+  one argument check fail: the error must come back as a Python exception. A C++ runtime other
+  than the one the interpreter loads (a compiler that is not the system's, first on PATH) can
+  instead kill the process while the error unwinds; the build then stops and says so
+  (``MDFAST_SKIP_BUILD_CHECK=1`` skips this check).
 """
 
 import glob
 import os
+import re
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 from setuptools import find_packages, setup
@@ -90,10 +99,101 @@ def _extensions():
     ]
 
 
+def _toolchain(torch) -> dict:
+    """The C++ compiler cpp_extension calls, its version and its libstdc++; the compiler torch was
+    built with; the libstdc++ this interpreter has loaded (Linux)."""
+    from torch.utils.cpp_extension import get_cxx_compiler
+
+    cxx = get_cxx_compiler()
+
+    def ask(*args):
+        try:
+            out = subprocess.run([cxx, *args], capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.SubprocessError):
+            return ""
+        return out.stdout.strip()
+
+    runtime = ask("-print-file-name=libstdc++.so.6")
+    built_with = re.search(r"- (GCC|clang) ([\d.]+)", torch.__config__.show())
+    loaded = set()
+    if Path("/proc/self/maps").exists():
+        with open("/proc/self/maps") as maps:
+            loaded = {os.path.realpath(line.split()[-1]) for line in maps if "libstdc++.so" in line}
+    return {
+        "cxx": cxx,
+        "version": ask("-dumpfullversion", "-dumpversion"),
+        "runtime": os.path.realpath(runtime) if os.path.isabs(runtime) else None,
+        "torch_compiler": " ".join(built_with.groups()) if built_with else "unknown",
+        "cxx11_abi": bool(torch._C._GLIBCXX_USE_CXX11_ABI),
+        "loaded_runtime": sorted(loaded),
+    }
+
+
+def _describe(tc: dict) -> str:
+    return (
+        f"C++ compiler {tc['cxx']} ({tc['version'] or 'version unknown'}, libstdc++ "
+        f"{tc['runtime'] or 'not found'}); torch was built with {tc['torch_compiler']} "
+        f"(_GLIBCXX_USE_CXX11_ABI={int(tc['cxx11_abi'])}, set for this build too); this Python "
+        f"loads libstdc++ {', '.join(tc['loaded_runtime']) or 'unknown'}"
+    )
+
+
+# A failed argument check in the built extension must reach Python as an exception.
+_EXCEPTION_CHECK = """
+import sys, torch
+torch.ops.load_library(sys.argv[1])
+try:
+    torch.ops.mdfast.uniform_out(torch.empty(1, dtype=torch.float64), -1, 0)
+except ValueError:
+    sys.exit(0)
+sys.exit(3)
+"""
+
+
+def _check_exceptions_raise(library: str, tc: dict) -> None:
+    if os.environ.get("MDFAST_SKIP_BUILD_CHECK") == "1":
+        return
+    result = subprocess.run(
+        [sys.executable, "-c", _EXCEPTION_CHECK, library], capture_output=True, text=True
+    )
+    if result.returncode == 0:
+        print("mdfast: post-build check: a failed argument check raises ValueError, as it should")
+        return
+    if result.returncode < 0 or result.returncode == 3:
+        how = (
+            f"died of {signal.Signals(-result.returncode).name}"
+            if result.returncode < 0
+            else "returned without the error"
+        )
+        raise SystemExit(
+            f"mdfast: the built extension {library} {how} when an argument check failed, instead "
+            f"of raising ValueError. {_describe(tc)}. The C++ error is thrown by torch and "
+            "unwound through the extension's frames, so the extension must use the C++ runtime "
+            "(libstdc++, libgcc_s) this Python loads: rebuild with the system compiler, e.g. "
+            "`CXX=/usr/bin/g++ CC=/usr/bin/gcc pip install --no-build-isolation -e .`, or put "
+            "the matching compiler first on PATH. (MDFAST_SKIP_BUILD_CHECK=1 skips this check.)"
+        )
+    print(f"mdfast: warning: could not run the post-build exception check: {result.stderr[-500:]}")
+
+
 def _build_ext():
+    import torch
     from torch.utils.cpp_extension import BuildExtension
 
-    return BuildExtension.with_options(use_ninja=True)
+    class Build(BuildExtension.with_options(use_ninja=True)):
+        def build_extensions(self):
+            tc = _toolchain(torch)
+            print(f"mdfast: {_describe(tc)}")
+            if tc["runtime"] and tc["loaded_runtime"] and tc["runtime"] not in tc["loaded_runtime"]:
+                print(
+                    "mdfast: warning: the compiler's libstdc++ is not the one this Python loads; "
+                    "the post-build check tells whether C++ errors still reach Python"
+                )
+            super().build_extensions()
+            for ext in self.extensions:
+                _check_exceptions_raise(self.get_ext_fullpath(ext.name), tc)
+
+    return Build
 
 
 setup(

@@ -19,6 +19,8 @@ def main() -> None:
     ]
     for name in sorted(args.only or names):
         module = importlib.import_module(f"bench.{name}")
+        if not hasattr(module, "main"):  # a helper module (e.g. a stand-in model), not a benchmark
+            continue
         print(f"=== bench.{name}")
         module.main(rest)
 

@@ -1,5 +1,6 @@
 """Benchmark of the fused masked cross-entropy (masked_ce) and its output-projection fusion
-(linear_masked_ce) against the baselines of mdfast.reference, measured in one process.
+(linear_masked_ce) against the reference twins (mdfast.reference) and PyTorch baselines
+(mdfast.baselines), measured in one process.
 
     python -m bench.masked_ce                 # default sweep: the targets + a few other points
     python -m bench.masked_ce --full          # the issue's grid (slow on CPU)
@@ -11,7 +12,7 @@ requires grad, so each provider's gradient is handed to autograd the same way):
   mdfast_inplace  the same with inplace_backward=True (gradient written into the logits buffer)
   reference       mdfast.reference.masked_ce in eager mode (mask to -inf, log_softmax, gather)
   compile         torch.compile(mdfast.reference.masked_ce)
-  torch_ce        mdfast.reference.masked_ce_cross_entropy (F.cross_entropy(reduction="none"))
+  torch_ce        mdfast.baselines.masked_ce_cross_entropy (F.cross_entropy(reduction="none"))
   liger           Liger-Kernel's cross-entropy, only when importable (needs triton and a GPU)
 linear_masked_ce providers: mdfast (fused, chunked) and reference (F.linear then the reference
 cross-entropy), forward + backward of ``loss.sum()`` with gradients for hidden, weight and bias.
@@ -37,7 +38,7 @@ from bench.common import (
     timing_columns,
     write_rows,
 )
-from mdfast import ops, reference
+from mdfast import baselines, ops, reference
 
 CSV = "masked_ce.csv"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -80,7 +81,7 @@ def _ce_providers(device):
         "mdfast_inplace": lambda z, t, w, ex: ops.masked_ce(z, t, w, ex, inplace_backward=True),
         "reference": reference.masked_ce,
         "compile": torch.compile(reference.masked_ce, dynamic=False),
-        "torch_ce": reference.masked_ce_cross_entropy,
+        "torch_ce": baselines.masked_ce_cross_entropy,
     }
     liger, why = _liger_ce()
     if liger is not None and torch.device(device).type == "cuda":

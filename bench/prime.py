@@ -35,7 +35,8 @@ from bench.common import (
     timing_columns,
     write_rows,
 )
-from mdfast import ops, prime, reference
+from mdfast import digits as codec
+from mdfast import ops, reference
 
 CSV = "prime.csv"
 
@@ -44,10 +45,10 @@ SAMPLE_STEPS = {"mid": (0.5, 0.52), "last": (0.5, 1.0)}
 
 def problem(batch, length, num_classes, ell, p_mask, seed=0, dtype=torch.float32):
     g = torch.Generator().manual_seed(seed)
-    base = prime.prime_base(num_classes, ell)
+    base = codec.prime_base(num_classes, ell)
     n = batch * length
     x = torch.randint(0, num_classes, (n,), generator=g)
-    digits = prime.encode(x, num_classes, ell)
+    digits = codec.encode(x, num_classes, ell)
     digits = torch.where(torch.rand(n, ell, generator=g) < p_mask, base, digits)
     logits = torch.randn(n, num_classes, generator=g, dtype=dtype)
     return logits, x, digits, base

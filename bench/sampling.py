@@ -3,7 +3,7 @@
 * ``step``: one reverse step of MDLM / ReMDM at B in {1, 8}, L = 1024, V = 50258 (GPT-2 + mask),
   float32 / bfloat16 logits, ~1/T of the masked rows unmasking (T = 1024).
   - ``seed_step``: the seed's ``_ddpm_caching_update`` with no cache: SUBS log-probs from the
-    logits, exp, the B x L x V posterior, float64 exponential race (``mdfast.reference``).
+    logits, exp, the B x L x V posterior, float64 exponential race (``mdfast.baselines``).
   - ``seed_cached_step``: the same with the cached p_x0 (what every cached step costs the seed).
   - ``mdfast_step``: ``ops.mask_step`` on the logits (cached or not, it reads only the rows that
     unmask: a cached step costs O(B L) + those rows).
@@ -11,7 +11,7 @@
     floor.
 * ``e2e``: generation of B = 1, L = 1024 with a small random-weight DiT-like denoiser (not
   time-conditioned) at T in {128, 1024, 5000}: ``ddpm``, the seed-style ``ddpm_cache``
-  (``reference.seed_sample``, float64 race), mdfast ``ddpm_cache`` and ``first_hitting`` (and
+  (``baselines.seed_sample``, float64 race), mdfast ``ddpm_cache`` and ``first_hitting`` (and
   ``first_hitting_head``: the DiT's output head run only on the rows that unmask): wall
   time, denoiser calls, peak memory. The vocabulary of the e2e runs is smaller (``--e2e-vocab``,
   default 256) so that the seed baseline's T = 5000 run fits in minutes on a CPU; the seed's
@@ -39,7 +39,7 @@ from bench.common import (
     timing_columns,
     write_rows,
 )
-from mdfast import ops, reference, sampling
+from mdfast import baselines, ops, sampling
 
 CSV = "sampling.csv"
 
@@ -119,12 +119,12 @@ def _step_cases(B, L, V, T, dtype, with_seed: bool) -> dict:
     a_t, a_s = 1 - t, 1 - (t - dt)
     cases = {}
     if with_seed:
-        p_cache = reference.seed_subs_parameterization(logits.float(), x, mask).exp()
+        p_cache = baselines.seed_subs_parameterization(logits.float(), x, mask).exp()
         g = torch.Generator().manual_seed(1)
-        cases["seed_step"] = lambda: reference.seed_ddpm_caching_update(
+        cases["seed_step"] = lambda: baselines.seed_ddpm_caching_update(
             lambda _x: logits.float(), x, t, dt, mask, None, True, 1.0, g
         )
-        cases["seed_cached_step"] = lambda: reference.seed_ddpm_caching_update(
+        cases["seed_cached_step"] = lambda: baselines.seed_ddpm_caching_update(
             None, x, t, dt, mask, p_cache, True, 1.0, g
         )
     cases["mdfast_step"] = lambda: ops.mask_step(
@@ -189,7 +189,7 @@ def _run_e2e(name, model, dit, T, L, mask, seed=0):
         return sampling.first_hitting(dit, **kw).nfe
     if name == "seed_ddpm_cache":
         g = torch.Generator().manual_seed(seed)
-        return reference.seed_sample(
+        return baselines.seed_sample(
             model, batch_size=1, length=L, mask_index=mask, steps=T, generator=g
         )[1]
     raise ValueError(name)

@@ -1,6 +1,6 @@
 // The single TORCH_LIBRARY(mdfast) block: every op schema of the package lives here. Kernels are
-// registered per backend in csrc/cpu/*.cpp and csrc/cuda/*.cu; fakes and autograd in mdfast/ops.py.
-// The PYBIND11 module only reports how the extension was built.
+// registered per backend in csrc/cpu/*.cpp and csrc/cuda/*.cu; fakes, autograd and the Python
+// wrappers in mdfast/ops/<family>.py. The PYBIND11 module only reports how the extension was built.
 #include <pybind11/pybind11.h>
 #include <torch/library.h>
 
@@ -13,7 +13,7 @@ TORCH_LIBRARY(mdfast, m) {
   m.def("philox4x32(Tensor counter, Tensor key) -> Tensor");
   m.def("uniform_out(Tensor(a!) out, int seed, int offset) -> ()");
 
-  // --- masked cross-entropy (issue 3) ---
+  // --- masked cross-entropy (csrc/cpu/masked_ce.cpp, csrc/cuda/masked_ce.cu) ---
   m.def(
       "masked_ce(Tensor logits, Tensor target, Tensor? weight, int exclude_index=-1, "
       "bool inplace_backward=False) -> (Tensor loss, Tensor lse)");
@@ -25,16 +25,16 @@ TORCH_LIBRARY(mdfast, m) {
       "Tensor lse, int exclude_index) -> ()");
   m.def(
       "linear_masked_ce(Tensor hidden, Tensor weight, Tensor? bias, Tensor target, "
-      "Tensor row_weight, int exclude_index=-1, int? chunk_rows=None, bool compute_grad=False) "
-      "-> (Tensor loss, Tensor lse, Tensor grad_hidden_unit, Tensor grad_weight_unit, "
-      "Tensor grad_bias_unit)");
+      "Tensor row_weight, int exclude_index=-1, int? chunk_rows=None, bool compute_grad=False, "
+      "bool? compact_rows=None) -> (Tensor loss, Tensor lse, Tensor grad_hidden_unit, "
+      "Tensor grad_weight_unit, Tensor grad_bias_unit)");
   m.def(
       "linear_masked_ce_backward(Tensor grad_loss, Tensor hidden, Tensor weight, Tensor? bias, "
       "Tensor target, Tensor row_weight, Tensor lse, Tensor grad_hidden_unit, "
-      "Tensor grad_weight_unit, Tensor grad_bias_unit, int exclude_index, int? chunk_rows) "
-      "-> (Tensor, Tensor, Tensor)");
+      "Tensor grad_weight_unit, Tensor grad_bias_unit, int exclude_index, int? chunk_rows, "
+      "bool? compact_rows=None) -> (Tensor, Tensor, Tensor)");
 
-  // --- sampling: sample_x0, mask_step (issue 4) ---
+  // --- sampling: sample_x0, mask_step (csrc/include/mdfast/sampling.h) ---
   m.def(
       "sample_x0(Tensor logits, Tensor? rows, float temperature, float top_p, int top_k, "
       "int exclude_index, str nucleus, int seed, int offset) -> (Tensor, Tensor)");
@@ -43,7 +43,7 @@ TORCH_LIBRARY(mdfast, m) {
       "Tensor? confidence, int mask_index, float temperature, float top_p, int top_k, "
       "str nucleus, int seed, int offset) -> (Tensor, Tensor, Tensor)");
 
-  // --- MDM-Prime sub-tokens (issue 5) ---
+  // --- MDM-Prime sub-tokens (csrc/include/mdfast/digits.h) ---
   m.def(
       "prime_ce(Tensor logits, Tensor target, Tensor digits, int base, str mode, Tensor? weight)"
       " -> (Tensor, Tensor)");

@@ -1,8 +1,9 @@
 """mdfast: fast, exact kernels, samplers and training for masked discrete diffusion models.
 
 The op surface lives in :mod:`mdfast.ops` (``torch.ops.mdfast.*`` underneath), the pure-PyTorch
-twin of every op in :mod:`mdfast.reference`. The generic packages never import
-:mod:`mdfast.experiments`; experiments register what they add (:mod:`mdfast.experiments.registry`).
+twin of every op in :mod:`mdfast.reference`; :func:`set_validation` is the one switch for argument
+checks that need device values. The generic packages never import :mod:`mdfast.experiments`;
+experiments register what they add (:mod:`mdfast.experiments.registry`).
 """
 
 from __future__ import annotations
@@ -10,15 +11,26 @@ from __future__ import annotations
 import torch
 
 from mdfast import _extension, ops, reference
+from mdfast.ops import get_validation, set_validation, validation
 
 __version__ = "0.1.0"
-__all__ = ["__version__", "build_info", "ops", "reference"]
+__all__ = [
+    "__version__",
+    "build_info",
+    "get_validation",
+    "ops",
+    "reference",
+    "set_validation",
+    "validation",
+]
 
 # Heavier subpackages load on first use: `mdfast.sampling`, `mdfast.losses`, ...
 _LAZY_SUBMODULES = frozenset(
     {
+        "baselines",
         "data",
         "diffusion",
+        "digits",
         "losses",
         "metrics",
         "models",

@@ -42,6 +42,9 @@ elif COMPILED.get("torch_version") != torch.__version__:
         stacklevel=2,
     )
 
+#: Whether ``torch.ops.mdfast.*`` exist (their fake impls and autograd are then registered).
+has_ops: bool = _C is not None
+
 #: Device types whose kernels were compiled, e.g. ``{"cpu", "cuda"}``.
 BACKENDS: frozenset[str] = frozenset(
     () if _C is None else (("cpu", "cuda") if COMPILED.get("cuda") else ("cpu",))

@@ -36,7 +36,7 @@ def path(request, monkeypatch) -> str:
     if request.param == "kernel" and not _extension.BACKENDS:
         pytest.skip("compiled kernels not built (the reference run of this test still runs)")
     if request.param == "reference":
-        monkeypatch.setattr("mdfast.ops.has_kernel", lambda device: False)
+        monkeypatch.setattr("mdfast._extension.has_kernel", lambda device: False)
     return request.param
 
 

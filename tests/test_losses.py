@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from mdfast import losses, reference, schedules
+from mdfast import baselines, losses, reference, schedules
 
 SCHEDULES = [
     schedules.LogLinearSchedule(),
@@ -109,8 +109,8 @@ def test_subs_loss_matches_mdlm(path, dtype, fresh_seed):
     logits, x0, xt, mask, t = _mdlm_batch(g, 4, 33, 129, dtype, scale=8.0)
     got = losses.subs_loss(logits, x0, xt, mask, t)
     assert got.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
-    expected = reference.mdlm_subs_loss(logits, x0, xt, mask, t.to(got.dtype))
-    exact = reference.mdlm_subs_loss(logits.double(), x0, xt, mask, t.double())
+    expected = baselines.mdlm_subs_loss(logits, x0, xt, mask, t.to(got.dtype))
+    exact = baselines.mdlm_subs_loss(logits.double(), x0, xt, mask, t.double())
     assert (got[xt != mask] == 0).all()
     assert (got[xt == mask] > 0).all()
     if dtype == torch.float64:
@@ -132,7 +132,7 @@ def test_subs_loss_gradient_matches_mdlm(path, fresh_seed):
     b = logits.clone().requires_grad_()
     attn = (torch.rand(3, 17, generator=g) < 0.9).long()
     losses.token_mean(losses.subs_loss(a, x0, xt, mask, t), attn).backward()
-    losses.token_mean(reference.mdlm_subs_loss(b, x0, xt, mask, t), attn).backward()
+    losses.token_mean(baselines.mdlm_subs_loss(b, x0, xt, mask, t), attn).backward()
     torch.testing.assert_close(a.grad, b.grad, rtol=1e-10, atol=1e-12)
 
 

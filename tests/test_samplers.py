@@ -20,7 +20,7 @@ import pytest
 import torch
 from scipy import stats
 
-from mdfast import ops, reference, sampling
+from mdfast import baselines, ops, sampling
 from mdfast.sampling import schedules
 
 L, K, MASK = 3, 4, 4
@@ -267,7 +267,7 @@ def test_seed_style_reference_agrees(joint, sampler, fresh_seed):
     schedule = "loglinear" if sampler == "ddpm" else "linear"
     law = _chain_law(model.cond, sampling.grid_plan(STEPS, schedule))
     g = torch.Generator().manual_seed(fresh_seed)
-    x, _ = reference.seed_sample(
+    x, _ = baselines.seed_sample(
         model, batch_size=N, length=L, mask_index=MASK, steps=STEPS, sampler=sampler, generator=g
     )
     assert _chi2_ok(x, law)[0]
@@ -337,7 +337,7 @@ def test_seed_style_remdm_step_and_mask_step_share_the_exact_law(joint, fresh_se
     x_seed = torch.full((N, L), MASK)
     x_ops = x_seed.clone()
     for k, (t, s, a_t, a_s, sigma) in enumerate(plan):
-        _, x_seed, _ = reference.seed_remdm_update(
+        _, x_seed, _ = baselines.seed_remdm_update(
             model, x_seed, t, t - s, MASK, sigma, generator=g
         )
         x_ops, _, _ = ops.mask_step(

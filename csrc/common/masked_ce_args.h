@@ -1,7 +1,8 @@
 // Argument validation of the masked cross-entropy ops, shared by the CPU and CUDA kernels.
 // Metadata checks (shapes, dtypes, devices) run on the host for both; the per-row value checks
-// (target range, exclusion, negative weights) run on the host for CPU tensors and inside the
-// kernel for CUDA tensors (see report_bad_rows).
+// (target range, exclusion, negative weights) run on the host for CPU tensors only. The CUDA
+// kernels never read a bad row (its loss is NaN) and do not synchronise to report it: the Python
+// wrapper checks GPU values under mdfast.set_validation("full") (mdfast/ops/_validation.py).
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -89,17 +90,6 @@ inline void check_ce_values(const int64_t* target, const weight_t* weight, int64
                       "mdfast: argument 'target' equals exclude_index=", exclude_index, " at row ",
                       r, ", which has nonzero weight");
   }
-}
-
-// CUDA kernels record the first bad row of each kind in flags[0..1] (initialised to n, lowered
-// with atomicMin); the host reads them back and raises with the same messages as the CPU path.
-inline void report_bad_rows(const int64_t* flags, int64_t n, const int64_t* target_host_row,
-                            int64_t v, int64_t exclude_index, const char* weight_name) {
-  TORCH_CHECK_VALUE(flags[1] >= n, "mdfast: argument '", weight_name,
-                    "' must be non-negative, got a negative value at row ", flags[1]);
-  TORCH_CHECK_VALUE(flags[0] >= n, "mdfast: argument 'target' must be in [0, ", v,
-                    ") and != exclude_index=", exclude_index, " on rows with nonzero weight, got ",
-                    target_host_row ? *target_host_row : -1, " at row ", flags[0]);
 }
 
 }  // namespace mdfast

@@ -17,9 +17,9 @@ inline void check_philox4x32_args(const at::Tensor& counter, const at::Tensor& k
 }
 
 inline void check_uniform_args(const at::Tensor& out, int64_t seed, int64_t offset) {
-  TORCH_CHECK(out.scalar_type() == at::kDouble || out.scalar_type() == at::kFloat,
-              "mdfast: argument 'dtype' must be torch.float64 or torch.float32, got ",
-              out.scalar_type());
+  TORCH_CHECK_VALUE(out.scalar_type() == at::kDouble || out.scalar_type() == at::kFloat,
+                    "mdfast: argument 'dtype' must be torch.float64 or torch.float32, got ",
+                    out.scalar_type());
   TORCH_CHECK(out.is_contiguous(), "mdfast: argument 'out' must be contiguous");
   check::non_negative(seed, "seed");
   check::non_negative(offset, "offset");

@@ -89,16 +89,16 @@ inline void check_prime_sample_scalars(double alpha_t, double alpha_s, double te
   check::non_negative(offset, "offset");
 }
 
-// Reads fixed_digits (on the host) into a bit set over digit positions.
-inline uint32_t prime_fixed_bits(const c10::optional<at::Tensor>& fixed, int ell,
-                                 const at::Tensor& logits) {
-  if (!fixed.has_value()) return 0;
-  const at::Tensor& f = *fixed;
+inline void check_prime_fixed_digits(const at::Tensor& f) {
   check::dtype(f, "fixed_digits", at::kLong);
   TORCH_CHECK(f.dim() == 1, "mdfast: argument 'fixed_digits' must be 1-dimensional, got shape ",
               f.sizes());
+}
+
+// Reads fixed_digits into a bit set over digit positions, checking each (a copy to the host when
+// they are on another device: only the CPU kernel calls it with such a tensor).
+inline uint32_t prime_fixed_bits(const at::Tensor& f, int ell) {
   const at::Tensor host = f.is_cpu() ? f.contiguous() : f.cpu().contiguous();
-  (void)logits;
   uint32_t bits = 0;
   const int64_t* p = host.data_ptr<int64_t>();
   for (int64_t i = 0; i < host.numel(); ++i) {

@@ -1,6 +1,7 @@
 // Argument validation of the sampling ops (sample_x0, mask_step), shared by the CPU and CUDA
-// kernels. Value checks that would need a device sync (alpha, sigma ranges, token ids, NaN rows)
-// are made by the CPU kernel itself and, for CUDA tensors, by the Python wrapper.
+// kernels. Value checks (alpha, sigma ranges, token ids, row indices, NaN rows) are made by the
+// CPU kernel itself and, for CUDA tensors, by the Python wrapper under
+// mdfast.set_validation("full") only: checking them here would synchronise the host.
 #pragma once
 
 #include <c10/util/Optional.h>

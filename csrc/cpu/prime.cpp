@@ -422,7 +422,11 @@ at::Tensor prime_sample_step_cpu(const at::Tensor& logits, const at::Tensor& dig
   const PrimeShape shape = check_prime_common(logits, digits, base);
   check_prime_sample_scalars(alpha_t, alpha_s, temperature, seed, offset);
   const int m = parse_prime_sample_mode(mode);
-  const uint32_t fixed = prime_fixed_bits(fixed_digits, shape.ell, logits);
+  uint32_t fixed = 0;
+  if (fixed_digits.has_value()) {
+    check_prime_fixed_digits(*fixed_digits);
+    fixed = prime_fixed_bits(*fixed_digits, shape.ell);
+  }
   const at::Tensor z = logits.contiguous();
   const at::Tensor d = digits.contiguous();
   validate_rows(d.const_data_ptr<int64_t>(), nullptr, shape.rows, shape.ell, base, shape.classes);

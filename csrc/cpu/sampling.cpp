@@ -186,18 +186,26 @@ RowOut sample_row(const T* z, int64_t V, int64_t row, const Params& P, Scratch& 
                     " has no class to draw (every class excluded or -inf)");
 }
 
-// Records the first failing row across threads; the kernel throws after the parallel loop.
-struct RowError {
-  std::atomic<int64_t> row{std::numeric_limits<int64_t>::max()};
-  std::atomic<int32_t> status{0};
-  void record(int64_t r, int32_t s) {
-    int64_t cur = row.load();
-    while (r < cur && !row.compare_exchange_weak(cur, r)) {
+// The smallest index recorded by any thread: errors found inside a parallel loop are recorded
+// there and raised after it (an exception must not leave an OpenMP region).
+struct FirstIndex {
+  std::atomic<int64_t> value{std::numeric_limits<int64_t>::max()};
+  void record(int64_t i) {
+    int64_t cur = value.load();
+    while (i < cur && !value.compare_exchange_weak(cur, i)) {
     }
-    if (row.load() == r) status.store(s);
   }
+  bool found() const { return value.load() != std::numeric_limits<int64_t>::max(); }
+  int64_t index() const { return value.load(); }
+};
+
+// The first row that could not be sampled, and why (row and status packed as 4 r + s, so one
+// atomic minimum keeps them together); raised after the parallel loop.
+struct RowError {
+  FirstIndex first;
+  void record(int64_t r, int32_t s) { first.record(4 * r + s); }
   void raise_if_any() const {
-    if (row.load() != std::numeric_limits<int64_t>::max()) throw_row_error(status.load(), row);
+    if (first.found()) throw_row_error(static_cast<int32_t>(first.index() % 4), first.index() / 4);
   }
 };
 
@@ -297,16 +305,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mask_step_cpu(
 
   // Phase 1: O(1) per position; unmasking positions (with logits) are collected for phase 2.
   const int64_t N = B * L;
-  std::atomic<int64_t> bad_x{-1};
-  std::atomic<int64_t> bad_sigma{-1};
+  // the first bad position of each kind, found inside the parallel loop and raised after it
+  FirstIndex bad_x, bad_sigma;
   std::vector<uint8_t> unmask(logits.has_value() ? N : 0, 0);
   at::parallel_for(0, N, 4096, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       const int64_t xi = xp[i];
       const int64_t b = i / L;
       const double sigma = sp != nullptr ? sp[i] : 0.0;
-      if (xi < 0 || xi >= V) bad_x.store(i);
-      if (!(sigma >= 0.0 && sigma <= 1.0)) bad_sigma.store(i);
+      if (xi < 0 || xi >= V) bad_x.record(i);
+      if (!(sigma >= 0.0 && sigma <= 1.0)) bad_sigma.record(i);
       const double u = sampling::event_uniform(s_, o_, i);
       const float keep_conf = cp != nullptr ? cp[i] : neg_inf;
       if (xi == mask_index) {
@@ -326,14 +334,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mask_step_cpu(
       }
     }
   });
-  if (bad_x.load() >= 0) {
-    const int64_t i = bad_x.load();
+  if (bad_x.found()) {
+    const int64_t i = bad_x.index();
     TORCH_CHECK_VALUE(false, "mdfast: argument 'x' holds ", xp[i], " at position ", i,
                       ", outside [0, V=", V, ")");
   }
-  if (bad_sigma.load() >= 0) {
-    TORCH_CHECK_VALUE(false, "mdfast: argument 'remask' must be in [0, 1], got ",
-                      sp[bad_sigma.load()], " at position ", bad_sigma.load());
+  if (bad_sigma.found()) {
+    const int64_t i = bad_sigma.index();
+    TORCH_CHECK_VALUE(false, "mdfast: argument 'remask' must be in [0, 1], got ", sp[i],
+                      " at position ", i);
   }
   if (!logits.has_value()) return {x_next, changed, conf_out};
 

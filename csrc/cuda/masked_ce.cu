@@ -9,11 +9,11 @@
 // N * V > 2^31 works. Rows whose start is not 16-byte aligned (V not a multiple of the vector
 // width) get a scalar head and tail around the vector body.
 //
-// Per-row value checks run in the kernels: the first bad row of each kind is recorded with
-// atomicMin and the host raises after the launch (one 16-byte device-to-host copy).
+// No host synchronisation: a row whose target or weight is invalid (the checks the CPU kernel
+// raises on, which the Python wrapper makes on GPU tensors only under mdfast.set_validation
+// ("full")) is never read; its loss and lse are NaN and its gradient row is 0.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/full.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -51,20 +51,10 @@ __device__ __forceinline__ double exp_acc(double x) { return exp(x); }
 
 int64_t grid_for_rows(int64_t n) { return n < 65535 * 16 ? n : 65535 * 16; }
 
-// Row checks; returns true when the row is valid. Bad rows lower flags[0] (target) or
-// flags[1] (negative weight).
+// A row is computed only when its weight is non-negative and its target a class of the softmax.
 template <typename acc_t>
-__device__ __forceinline__ bool check_row(int64_t r, acc_t w, int64_t t, int64_t v, int64_t exclude,
-                                          unsigned long long* flags) {
-  if (w < acc_t(0)) {
-    atomicMin(flags + 1, static_cast<unsigned long long>(r));
-    return false;
-  }
-  if (t < 0 || t >= v || t == exclude) {
-    atomicMin(flags, static_cast<unsigned long long>(r));
-    return false;
-  }
-  return true;
+__device__ __forceinline__ bool valid_row(acc_t w, int64_t t, int64_t v, int64_t exclude) {
+  return !(w < acc_t(0)) && t >= 0 && t < v && t != exclude;
 }
 
 // Adds the vector's elements to the running state: one rescale per vector, one exp per element.
@@ -101,7 +91,7 @@ __global__ void masked_ce_forward_kernel(const T* __restrict__ logits,
                                          const int64_t* __restrict__ target,
                                          const acc_t* __restrict__ weight, int64_t n, int64_t v,
                                          int64_t exclude, acc_t* __restrict__ loss,
-                                         acc_t* __restrict__ lse, unsigned long long* flags) {
+                                         acc_t* __restrict__ lse) {
   constexpr int W = Vec<T>::kSize;
   for (int64_t r = blockIdx.x; r < n; r += gridDim.x) {
     const acc_t w = weight ? weight[r] : acc_t(1);
@@ -113,7 +103,7 @@ __global__ void masked_ce_forward_kernel(const T* __restrict__ logits,
       continue;
     }
     const int64_t t = target[r];
-    if (!check_row(r, w, t, v, exclude, flags)) {
+    if (!valid_row(w, t, v, exclude)) {
       if (threadIdx.x == 0) {
         loss[r] = std::numeric_limits<acc_t>::quiet_NaN();
         lse[r] = std::numeric_limits<acc_t>::quiet_NaN();
@@ -159,7 +149,7 @@ __global__ void masked_ce_backward_kernel(const acc_t* __restrict__ grad, const 
                                           const int64_t* __restrict__ target,
                                           const acc_t* __restrict__ weight,
                                           const acc_t* __restrict__ lse, int64_t n, int64_t v,
-                                          int64_t exclude, T* out, unsigned long long* flags) {
+                                          int64_t exclude, T* out) {
   // logits and out may be the same buffer (in-place backward): every element is read and then
   // written by the same thread, so no __restrict__ on them.
   constexpr int W = Vec<T>::kSize;
@@ -167,7 +157,7 @@ __global__ void masked_ce_backward_kernel(const acc_t* __restrict__ grad, const 
     T* o = out + r * v;
     const acc_t w = weight ? weight[r] : acc_t(1);
     const int64_t t = target[r];
-    const bool skip = w == acc_t(0) || !check_row(r, w, t, v, exclude, flags);
+    const bool skip = w == acc_t(0) || !valid_row(w, t, v, exclude);
     const T* x = logits + r * v;
     const uintptr_t xa = reinterpret_cast<uintptr_t>(x) % 16;
     const uintptr_t oa = reinterpret_cast<uintptr_t>(o) % 16;
@@ -207,16 +197,6 @@ __global__ void masked_ce_backward_kernel(const acc_t* __restrict__ grad, const 
   }
 }
 
-at::Tensor new_flags(int64_t n, const at::Tensor& like) {
-  return at::full({2}, n, like.options().dtype(at::kLong));
-}
-
-void raise_on_flags(const at::Tensor& flags, int64_t n, int64_t v, int64_t exclude) {
-  const at::Tensor host = flags.cpu();  // synchronises: the price of named-row errors
-  const int64_t* f = host.data_ptr<int64_t>();
-  report_bad_rows(f, n, nullptr, v, exclude, "weight");
-}
-
 std::tuple<at::Tensor, at::Tensor> masked_ce_cuda(const at::Tensor& logits,
                                                   const at::Tensor& target,
                                                   const c10::optional<at::Tensor>& weight,
@@ -233,18 +213,15 @@ std::tuple<at::Tensor, at::Tensor> masked_ce_cuda(const at::Tensor& logits,
   const at::Tensor t = target.contiguous();
   const c10::optional<at::Tensor> w =
       weight.has_value() ? c10::optional<at::Tensor>(weight->to(acc).contiguous()) : c10::nullopt;
-  at::Tensor flags = new_flags(n, logits);
   const auto stream = c10::cuda::getCurrentCUDAStream();
   dispatch_logits(logits.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
     using acc_t = acc_of<T>;
     masked_ce_forward_kernel<T, acc_t><<<grid_for_rows(n), kThreads, 0, stream>>>(
         x.data_ptr<T>(), t.data_ptr<int64_t>(), w.has_value() ? w->data_ptr<acc_t>() : nullptr, n,
-        v, exclude_index, loss.data_ptr<acc_t>(), lse.data_ptr<acc_t>(),
-        reinterpret_cast<unsigned long long*>(flags.data_ptr<int64_t>()));
+        v, exclude_index, loss.data_ptr<acc_t>(), lse.data_ptr<acc_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  raise_on_flags(flags, n, v, exclude_index);
   return {loss, lse};
 }
 
@@ -259,7 +236,6 @@ void backward_launch(const at::Tensor& grad_loss, const at::Tensor& logits,
       weight.has_value() ? c10::optional<at::Tensor>(weight->to(acc).contiguous()) : c10::nullopt;
   const at::Tensor g = grad_loss.to(acc).contiguous();
   const at::Tensor l = lse.contiguous();
-  at::Tensor flags = new_flags(n, logits);
   const auto stream = c10::cuda::getCurrentCUDAStream();
   dispatch_logits(logits.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
@@ -267,10 +243,9 @@ void backward_launch(const at::Tensor& grad_loss, const at::Tensor& logits,
     masked_ce_backward_kernel<T, acc_t><<<grid_for_rows(n), kThreads, 0, stream>>>(
         g.data_ptr<acc_t>(), logits.data_ptr<T>(), t.data_ptr<int64_t>(),
         w.has_value() ? w->data_ptr<acc_t>() : nullptr, l.data_ptr<acc_t>(), n, v, exclude_index,
-        out.data_ptr<T>(), reinterpret_cast<unsigned long long*>(flags.data_ptr<int64_t>()));
+        out.data_ptr<T>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  raise_on_flags(flags, n, v, exclude_index);
 }
 
 at::Tensor masked_ce_backward_cuda(const at::Tensor& grad_loss, const at::Tensor& logits,

@@ -2,6 +2,9 @@
 // block per row strides over the row's consistent set V by flat index (DigitWalk::class_at), so a
 // row reads |V| logits; rows with nothing to do never read theirs. Same math and the same Philox
 // streams as csrc/cpu/prime.cpp, so CPU and CUDA give the same tokens for one (seed, offset).
+// Nothing here synchronises the host: each block validates its own row (digits.h validate_token)
+// and a bad row gets a NaN loss, a zero gradient or -1 digits; under mdfast.set_validation("full")
+// the Python wrapper checks the rows first and raises naming the first bad one.
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -43,54 +46,6 @@ __device__ __forceinline__ void load_digits(const int64_t* d, int ell, int64_t* 
   for (int j = 0; j < ell; ++j) out[j] = d[j];
 }
 
-// ------------------------------------------------------------------------------ block reductions
-
-// Block reductions: mdfast/block_reduce.cuh.
-
-// ------------------------------------------------------------------------------ validation
-
-__global__ void validate_kernel(const int64_t* __restrict__ digits,
-                                const int64_t* __restrict__ target, int64_t N, int ell,
-                                int64_t base, int64_t C,
-                                unsigned long long* __restrict__ first_bad) {
-  for (int64_t n = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; n < N;
-       n += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    int64_t d[kMaxDigits];
-    load_digits(digits + n * ell, ell, d);
-    const int code =
-        validate_token(d, base, ell, C, target != nullptr, target ? target[n] : int64_t(-1));
-    if (code != kDigitsOk) {
-      atomicMin(first_bad, (static_cast<unsigned long long>(n) << 3) | code);
-    }
-  }
-}
-
-// Validates every row on the device (one small kernel and a sync) and throws naming the first
-// bad row.
-void validate_rows_cuda(const at::Tensor& d, const at::Tensor* t, int ell, int64_t base,
-                        int64_t C) {
-  const int64_t N = d.size(0);
-  if (N == 0) return;
-  const auto stream = c10::cuda::getCurrentCUDAStream();
-  at::Tensor flag = at::empty({1}, d.options());
-  C10_CUDA_CHECK(cudaMemsetAsync(flag.data_ptr(), 0xff, sizeof(int64_t), stream));
-  const int64_t blocks = std::min<int64_t>((N + 255) / 256, 4096);
-  validate_kernel<<<blocks, 256, 0, stream>>>(
-      d.const_data_ptr<int64_t>(), t ? t->const_data_ptr<int64_t>() : nullptr, N, ell, base, C,
-      reinterpret_cast<unsigned long long*>(flag.data_ptr<int64_t>()));
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  unsigned long long host = 0;
-  C10_CUDA_CHECK(
-      cudaMemcpyAsync(&host, flag.data_ptr(), sizeof(host), cudaMemcpyDeviceToHost, stream));
-  C10_CUDA_CHECK(cudaStreamSynchronize(stream));
-  if (host == ~0ull) return;
-  const int64_t row = static_cast<int64_t>(host >> 3);
-  const int code = static_cast<int>(host & 7);
-  const at::Tensor drow = d.select(0, row).cpu();
-  const int64_t tv = t ? t->select(0, row).cpu().const_data_ptr<int64_t>()[0] : -1;
-  throw_prime_row_error(code, row, drow.const_data_ptr<int64_t>(), ell, base, C, tv);
-}
-
 // ------------------------------------------------------------------------------ prime_ce
 
 template <typename scalar_t, typename acc_t>
@@ -103,6 +58,13 @@ __global__ void __launch_bounds__(kThreads)
   int64_t d[kMaxDigits];
   load_digits(digits + n * ell, ell, d);
   acc_t* lse_row = lse + n * (ell + 1);
+  if (validate_token(d, base, ell, C, true, target[n]) != kDigitsOk) {
+    for (int j = threadIdx.x; j <= ell; j += blockDim.x) {
+      lse_row[j] = std::numeric_limits<acc_t>::quiet_NaN();
+    }
+    if (threadIdx.x == 0) loss[n] = std::numeric_limits<acc_t>::quiet_NaN();
+    return;
+  }
   const double w = weight ? weight[n] : 1.0;
   const DigitWalk walk(d, base, ell, C);
   if (walk.masked == 0 || w == 0.0) {
@@ -155,6 +117,7 @@ __global__ void __launch_bounds__(kThreads)
   for (int64_t c = threadIdx.x; c < C; c += blockDim.x) o[c] = scalar_t(0);
   int64_t d[kMaxDigits];
   load_digits(digits + n * ell, ell, d);
+  if (validate_token(d, base, ell, C, true, target[n]) != kDigitsOk) return;  // gradient 0
   const double w = weight ? weight[n] : 1.0;
   const DigitWalk walk(d, base, ell, C);
   if (walk.masked == 0 || w == 0.0) return;
@@ -202,7 +165,6 @@ std::tuple<at::Tensor, at::Tensor> prime_ce_cuda(const at::Tensor& logits, const
   const at::Tensor z = logits.contiguous();
   const at::Tensor t = target.contiguous();
   const at::Tensor d = digits.contiguous();
-  validate_rows_cuda(d, &t, shape.ell, base, shape.classes);
   at::Tensor w;
   if (weight.has_value()) w = weight->to(at::kDouble).contiguous();
   const auto out_type = logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
@@ -280,7 +242,8 @@ template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads)
     prime_sample_kernel(const scalar_t* __restrict__ logits, const int64_t* __restrict__ digits,
                         int64_t C, int ell, int64_t base, double p_unmask, double temperature,
-                        int mode, uint32_t fixed, uint64_t seed, uint64_t offset,
+                        int mode, uint32_t fixed_bits, const int64_t* __restrict__ fixed_list,
+                        int64_t n_fixed, uint64_t seed, uint64_t offset,
                         int64_t* __restrict__ out) {
   extern __shared__ double hist[];  // [masked * base], marginal mode only
   __shared__ uint32_t reveal_bits;
@@ -288,6 +251,15 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t n = blockIdx.x;
   int64_t d[kMaxDigits];
   load_digits(digits + n * ell, ell, d);
+  int64_t* o = out + n * ell;
+  if (validate_token(d, base, ell, C, false, -1) != kDigitsOk) {  // every thread: same answer
+    if (threadIdx.x < ell) o[threadIdx.x] = -1;
+    return;
+  }
+  uint32_t fixed = fixed_bits;  // positions outside [0, ell) are ignored here
+  for (int64_t i = 0; i < n_fixed; ++i) {
+    if (fixed_list[i] >= 0 && fixed_list[i] < ell) fixed |= 1u << fixed_list[i];
+  }
   if (threadIdx.x == 0) reveal_bits = 0;
   __syncthreads();
   if (threadIdx.x < ell) {
@@ -300,7 +272,6 @@ __global__ void __launch_bounds__(kThreads)
   }
   __syncthreads();
   const uint32_t reveal = reveal_bits;
-  int64_t* o = out + n * ell;
   if (reveal == 0) {
     if (threadIdx.x < ell) o[threadIdx.x] = d[threadIdx.x];
     return;
@@ -364,11 +335,21 @@ at::Tensor prime_sample_step_cuda(const at::Tensor& logits, const at::Tensor& di
   const PrimeShape shape = check_prime_common(logits, digits, base);
   check_prime_sample_scalars(alpha_t, alpha_s, temperature, seed, offset);
   const int m = parse_prime_sample_mode(mode);
-  const uint32_t fixed = prime_fixed_bits(fixed_digits, shape.ell, logits);
+  // fixed digit positions: read on the host when they live there, else by the kernel (no sync)
+  uint32_t fixed_bits = 0;
+  at::Tensor fixed_list;
+  if (fixed_digits.has_value()) {
+    check_prime_fixed_digits(*fixed_digits);
+    if (fixed_digits->is_cpu()) {
+      fixed_bits = prime_fixed_bits(*fixed_digits, shape.ell);
+    } else {
+      check::same_device(*fixed_digits, "fixed_digits", logits, "logits");
+      fixed_list = fixed_digits->contiguous();
+    }
+  }
   const c10::cuda::CUDAGuard guard(logits.device());
   const at::Tensor z = logits.contiguous();
   const at::Tensor d = digits.contiguous();
-  validate_rows_cuda(d, nullptr, shape.ell, base, shape.classes);
   at::Tensor out = at::empty_like(d);
   if (shape.rows == 0) return out;
   const int64_t hist_bytes = m == 1 ? shape.ell * base * static_cast<int64_t>(sizeof(double)) : 0;
@@ -381,8 +362,10 @@ at::Tensor prime_sample_step_cuda(const at::Tensor& logits, const at::Tensor& di
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "prime_sample", [&] {
     prime_sample_kernel<scalar_t><<<shape.rows, kThreads, smem, stream>>>(
         z.const_data_ptr<scalar_t>(), d.const_data_ptr<int64_t>(), shape.classes, shape.ell, base,
-        p, temperature, m, fixed, static_cast<uint64_t>(seed), static_cast<uint64_t>(offset),
-        out.data_ptr<int64_t>());
+        p, temperature, m, fixed_bits,
+        fixed_list.defined() ? fixed_list.const_data_ptr<int64_t>() : nullptr,
+        fixed_list.defined() ? fixed_list.numel() : 0, static_cast<uint64_t>(seed),
+        static_cast<uint64_t>(offset), out.data_ptr<int64_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;

@@ -3,9 +3,10 @@
 // positions, decides the event with thread 0 (O(1)) and, only when the position unmasks, samples
 // its logits row with the whole block. The math and the random streams are those of the CPU
 // kernels (csrc/include/mdfast/sampling.h), so the same (seed, offset) draws the same tokens.
-// A row that cannot be sampled (NaN, nothing left to draw) gets token -1; the Python wrapper turns
-// it into an error naming the row. Range checks of values (alpha, sigma, x, rows) that would need
-// a device sync are made by the wrapper.
+// A row that cannot be sampled (NaN, nothing left to draw, an index in `rows` outside the logits)
+// gets token -1. Nothing here synchronises the host: under mdfast.set_validation("full") the
+// Python wrapper checks the values (alpha, sigma, x, rows) and turns a -1 into an error naming
+// the row.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAException.h>
@@ -247,10 +248,18 @@ __device__ void sample_row_block(const T* __restrict__ z, int64_t V, int64_t row
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     sample_x0_kernel(const T* __restrict__ logits, const int64_t* __restrict__ rows, int64_t R,
-                     int64_t V, Params P, int64_t* __restrict__ token, float* __restrict__ prob) {
+                     int64_t N, int64_t V, Params P, int64_t* __restrict__ token,
+                     float* __restrict__ prob) {
   __shared__ Shared sh;
   for (int64_t r = blockIdx.x; r < R; r += gridDim.x) {
     const int64_t row = rows != nullptr ? rows[r] : r;
+    if (row < 0 || row >= N) {  // the same for every thread of the block: no barrier is skipped
+      if (threadIdx.x == 0) {
+        token[r] = -1;
+        prob[r] = 0.f;
+      }
+      continue;
+    }
     sample_row_block(logits + row * V, V, row, P, sh, token + r, prob + r);
   }
 }
@@ -332,8 +341,8 @@ std::tuple<at::Tensor, at::Tensor> sample_x0_cuda(const at::Tensor& logits,
     using T = decltype(tag);
     sample_x0_kernel<T><<<grid_for(R), kThreads, 0, stream>>>(
         static_cast<const T*>(z.data_ptr()),
-        rows.has_value() ? rows_c.data_ptr<int64_t>() : nullptr, R, V, P, token.data_ptr<int64_t>(),
-        prob.data_ptr<float>());
+        rows.has_value() ? rows_c.data_ptr<int64_t>() : nullptr, R, N, V, P,
+        token.data_ptr<int64_t>(), prob.data_ptr<float>());
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {token, prob};

@@ -1,4 +1,4 @@
-"""MDM-Prime (partial masking): each token c ∈ [0, C) is ℓ base-b digits (:mod:`mdfast.prime`),
+"""MDM-Prime (partial masking): each token c ∈ [0, C) is ℓ base-b digits (:mod:`mdfast.digits`),
 and every digit is masked independently with the schedule's probability.
 
 :class:`Prime` holds the digit embedding (one table of b + 1 rows shared by all digit positions,
@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from mdfast import ops
-from mdfast.prime import encode, prime_base
+from mdfast.digits import encode, prime_base, smallest_class
 from mdfast.schedules import LogLinearSchedule, PolynomialSchedule, flip_time, sample_t
 
 __all__ = ["Prime", "digit_schedule"]
@@ -321,7 +321,5 @@ class Prime(nn.Module):
         new = torch.where(jump, torch.where(to_mask, self.mask_id, proposal), d)
         if fixed_digits is not None and fixed_digits.numel():
             new[:, fixed_digits.to(d.device)] = d[:, fixed_digits.to(d.device)]
-        powers = self.base ** torch.arange(self.num_digits - 1, -1, -1, device=d.device)
-        smallest = (torch.where(new == self.mask_id, 0, new) * powers).sum(1)
-        new = torch.where((smallest >= self.num_classes)[:, None], d, new)
+        new = torch.where((smallest_class(new, self.base) >= self.num_classes)[:, None], d, new)
         return new.view(shape)

@@ -27,11 +27,11 @@ def sample(
 
     ``sampler="mdfast"``: :func:`mdfast.sampling.ddpm_cache` (fused ``mask_step`` kernel, exact
     fp64 draws; the denoiser reads only x, so its output is reused while x is unchanged).
-    ``sampler="reference"``: the seed-style reference :func:`mdfast.reference.seed_sample`
+    ``sampler="reference"``: the seed-style reference :func:`mdfast.baselines.seed_sample`
     (MDLM's ``_ddpm_caching_update``: materialised float64 posterior over all classes) — the
     same chain, the baseline for timing.
     """
-    from mdfast import reference, sampling
+    from mdfast import baselines, sampling
 
     if sampler not in ("mdfast", "reference"):
         raise ValueError(
@@ -48,7 +48,7 @@ def sample(
                 x = sampling.ddpm_cache(model, **kw, schedule="linear", seed=seed + i, device=dev).x
             else:
                 gen = torch.Generator(device=dev).manual_seed(seed + i)
-                x, _ = reference.seed_sample(
+                x, _ = baselines.seed_sample(
                     model, **kw, sampler="ddpm_cache", generator=gen, device=dev
                 )
             out.append(x.view(b, 28, 28).cpu())
