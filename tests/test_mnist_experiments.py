@@ -69,7 +69,7 @@ def test_cli_presets(tmp_path, capsys):
     common = ["model.preset=demo", f"train.out_dir={out}", "data.masked_fraction=0.5"]
     assert cli.main(["train", "mnist-ambient", "train.steps=2", "train.batch_size=8", *common]) == 0
     capsys.readouterr()
-    assert cli.main(["eval", "mnist-ambient", "eval.batches=1", *common]) == 0
+    assert cli.main(["eval", "mnist-ambient", "eval.sequences=8", *common]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["loss"] > 0
     assert cli.main(["train", "mnist-baseline", "model.preset=huge"]) != 0

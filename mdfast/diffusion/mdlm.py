@@ -32,6 +32,16 @@ def discretize_t(t: torch.Tensor, T: int) -> torch.Tensor:
     return ((t * T).floor() / T + 1.0 / T).clamp(max=1.0)
 
 
+class _FixedWeight:
+    """A stand-in schedule for :func:`subs_loss` whose loss weight is given, not derived."""
+
+    def __init__(self, weight: torch.Tensor):
+        self.weight = weight
+
+    def loss_weight(self, t):
+        return self.weight.to(t.dtype)
+
+
 class MDLM(Objective):
     """MDLM SUBS NELBO: t ~ antithetic U[ε, 1] (ε = ``sampling_eps``), x_t = mask each token with
     prob 1−α_t, loss = token mean over the attention mask of ``subs_loss`` (weight −α'/(1−α)
@@ -64,21 +74,26 @@ class MDLM(Objective):
         t = sample_t(n, eps=self.sampling_eps, antithetic=self.antithetic, device=device)
         return discretize_t(t, self.T) if self.T > 0 else t
 
-    def per_token(self, x0, xt, t, sigma) -> torch.Tensor:
-        """SUBS loss per token. ``fused``: the backbone's trunk, then the output projection fused
-        with the masked CE (:func:`mdfast.ops.linear_masked_ce`), so logits are computed only
-        for masked rows, a chunk at a time; needs ``model.trunk`` / ``head_weight`` /
-        ``head_bias`` (the DiT and the IMDM backbone have them)."""
+    def per_token(self, x0, xt, t, sigma, weight=None) -> torch.Tensor:
+        """SUBS loss per token. ``weight`` ([B]) replaces the schedule's −α'/(1−α) at ``t``
+        (the likelihood evaluation passes the exact discrete-time weights). ``fused``: the
+        backbone's trunk, then the output projection fused with the masked CE
+        (:func:`mdfast.ops.linear_masked_ce`), so logits are computed only for masked rows, a
+        chunk at a time; needs ``model.trunk`` / ``head_weight`` / ``head_bias`` (the DiT and the
+        IMDM backbone have them)."""
+        lead = (-1, *([1] * (xt.dim() - 1)))
         if not self.fused:
             logits = self.model(xt, sigma)
-            return subs_loss(logits, x0, xt, self.mask_index, t, self.schedule)
+            sched = self.schedule if weight is None else _FixedWeight(weight.reshape(lead))
+            return subs_loss(logits, x0, xt, self.mask_index, t, sched)
         hidden = self.model.trunk(xt, sigma)
         w, b = self.model.head_weight, self.model.head_bias
         dev = hidden.device.type
         dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else w.dtype
         masked = xt == self.mask_index
-        tt = t.detach().reshape(-1, *([1] * (xt.dim() - 1))).float()
-        row_w = torch.where(masked, self.schedule.loss_weight(tt), 0.0).reshape(-1)
+        tt = t.detach().reshape(lead).float()
+        wt = self.schedule.loss_weight(tt) if weight is None else weight.reshape(lead).float()
+        row_w = torch.where(masked, wt, 0.0).reshape(-1)
         loss = ops.linear_masked_ce(
             hidden.reshape(-1, hidden.shape[-1]).to(dtype),
             w.to(dtype),

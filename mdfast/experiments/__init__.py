@@ -75,13 +75,22 @@ def _train_defaults(_: dict) -> dict:
 
 
 def _eval_defaults(_: dict) -> dict:
-    return {"ckpt": "", "batches": 8, "batch_size": 16, "use_ema": True, "seed": 0}
+    # sequences: 0 = the whole split; K: time samples per sequence (MDLM's low-discrepancy
+    # lattice); T: -1 = the objective's T (0 continuous time); datasets: prepared directories
+    # or corpus names under data_root ("zero-shot" = MDLM's zero-shot sets), empty = the run's
+    # validation split; precision: auto = bf16 autocast on CUDA, fp32 on CPU
+    return {"ckpt": "", "batch_size": 16, "use_ema": True, "seed": 0, "sequences": 0, "K": 1,
+            "T": -1, "datasets": [], "data_root": "data/text", "split": "validation",
+            "precision": "auto", "out": ""}  # fmt: skip
 
 
 def _sample_defaults(_: dict) -> dict:
     return {"ckpt": "", "sampler": "ddpm_cache", "steps": 128, "batch_size": 4, "length": 0,
             "seed": 0, "schedule": "", "temperature": 1.0, "top_p": 1.0, "top_k": 0,
-            "noise_removal": True, "use_ema": True, "out": ""}  # fmt: skip
+            "noise_removal": True, "use_ema": True, "out": "", "precision": "auto",
+            # ReMDM (eta < 0: the strategy's default), semi-AR windows, repeated batches
+            "eta": -1.0, "t_on": 0.55, "t_off": 0.05, "alpha_on": 0.9,
+            "semi_ar": False, "stride_length": 0, "num_strides": 0, "num_batches": 1}  # fmt: skip
 
 
 _DEFAULTS = {
@@ -103,6 +112,8 @@ def resolve(raw: dict) -> dict:
     for sec in SECTIONS:
         given = dict(raw.get(sec, {}))
         full = _DEFAULTS[sec](given)
+        if sec == "model":  # eval/sample refuse to run without a checkpoint unless this is set
+            full.setdefault("random_init", False)
         for k, v in given.items():
             if k not in full:
                 raise ConfigError(

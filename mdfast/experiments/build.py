@@ -35,7 +35,8 @@ __all__ = [
 def build_model(m: dict):
     """The model of a resolved ``model`` section (``name`` picks the registered factory)."""
     _, factory = registry.model_entry(m["name"])
-    return factory({k: v for k, v in m.items() if k not in ("name", "preset")})
+    # random_init is a CLI switch (eval/sample without a checkpoint), not a model field
+    return factory({k: v for k, v in m.items() if k not in ("name", "preset", "random_init")})
 
 
 def build_objective(o: dict, model):

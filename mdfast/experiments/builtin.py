@@ -1,15 +1,16 @@
 """What mdfast ships, registered by name: the backbones of :mod:`mdfast.models` (``dit``,
 ``unet``, ``uvit``), the objectives of :mod:`mdfast.diffusion` (``mdlm``, ``sedd``, ``ar``,
 ``imdm``, ``interpolant``), the synthetic and on-disk token datasets of
-:mod:`mdfast.experiments.data`, and the text and image presets
-(:mod:`mdfast.experiments.text`, :mod:`mdfast.experiments.image`). Experiments add theirs from
+:mod:`mdfast.experiments.data`, the prepared text files of :mod:`mdfast.experiments.text_data`
+(``text``), and the text and image presets (:mod:`mdfast.experiments.text`,
+:mod:`mdfast.experiments.image`). Experiments add theirs from
 their own subpackage (see :mod:`mdfast.experiments.registry`)."""
 
 from __future__ import annotations
 
 from dataclasses import asdict
 
-from mdfast.experiments import image, text
+from mdfast.experiments import image, text, text_data
 from mdfast.experiments.data import load_tokens, synthetic_grid, synthetic_text
 from mdfast.experiments.registry import (
     register_data,
@@ -39,17 +40,15 @@ def _dit_defaults(m: dict) -> dict:
 
 
 def _dit(m: dict):
-    from mdfast.models.dit import DiT, DiTConfig, load_mdlm
+    from mdfast.models.dit import DiT, DiTConfig
 
     m = dict(m)
     causal = m.pop("causal")
     init_from = m.pop("init_from")
-    if init_from:
-        model = load_mdlm(init_from, DiTConfig(**m))
-        model.causal = causal
-        for b in model.blocks:
-            b.causal = causal
-        return model
+    if init_from:  # published MDLM / SEDD / AR weights in their own layouts
+        from mdfast.models.published import load_pretrained
+
+        return load_pretrained(init_from, DiTConfig(**m), causal=causal)
     return DiT(DiTConfig(**m), causal=causal)
 
 
@@ -99,7 +98,7 @@ def _sedd(model, o):
 def _ar(model, o):
     from mdfast.diffusion import AR
 
-    return AR(model)
+    return AR(model, **o)
 
 
 def _imdm(model, o):
@@ -151,8 +150,8 @@ def register() -> None:
     register_model("uvit", _uvit_defaults, _uvit)
 
     register_objective("mdlm", {"mask_index": -1, "T": 0, "fused": False, **_DIFF}, _mdlm)
-    register_objective("sedd", {"mask_index": -1, **_DIFF}, _sedd)
-    register_objective("ar", {}, _ar)
+    register_objective("sedd", {"mask_index": -1, "fused": False, **_DIFF}, _sedd)
+    register_objective("ar", {"exclude_index": -1, "fused": False}, _ar)
     register_objective(
         "imdm",
         {"mask_index": -1, "T": 0, "fused": False, "noise_dim": 0, "noise_scale": 1.0, **_DIFF},
@@ -175,6 +174,7 @@ def register() -> None:
         _synthetic_grid,
     )
     register_data("tokens", {"path": "", "val_path": "", "val_fraction": 0.01}, _tokens)
+    register_data("text", text_data.TEXT_DATA_DEFAULTS, text_data.load)
 
     register_presets(text.PRESETS)
     register_presets(image.PRESETS)

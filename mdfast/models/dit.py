@@ -41,6 +41,7 @@ __all__ = [
     "DIT_PRESETS",
     "DiT",
     "DiTConfig",
+    "apply_weights",
     "flash_attn_available",
     "load_mdlm",
     "load_state_dict_checked",
@@ -399,7 +400,9 @@ def load_mdlm(
 
         raw = load_file(path, device=str(map_location))
     else:
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+        from mdfast.models.published import torch_load_tolerant
+
+        ckpt = torch_load_tolerant(path, map_location)
         raw = ckpt.get("state_dict", ckpt)
         hp = ckpt.get("hyper_parameters", {})
         model_hp = hp.get("config", {}).get("model", {}) if isinstance(hp, dict) else {}
@@ -424,21 +427,28 @@ def load_mdlm(
             cfg_dict["vocab_size"] = sd["vocab_embed.embedding"].shape[0]
         cfg = DiTConfig.from_dict(cfg_dict)
     model = DiT(cfg, **overrides)
-    sd.setdefault("rotary_emb.inv_freq", model.rotary_emb.inv_freq)
-    load_state_dict_checked(model, sd, what=f"MDLM checkpoint {path}")
-    if ema_shadow is not None:
-        params = list(model.parameters())
-        if len(ema_shadow) < len(params):
-            raise ValueError(
-                f"mdfast: EMA in {path} has {len(ema_shadow)} shadow params, model has "
-                f"{len(params)}"
-            )
-        with torch.no_grad():
-            for (name, p), s in zip(model.named_parameters(), ema_shadow, strict=False):
-                if tuple(s.shape) != tuple(p.shape):
-                    raise ValueError(
-                        f"mdfast: EMA shape mismatch at parameter '{name}': checkpoint has "
-                        f"{list(s.shape)}, model has {list(p.shape)}"
-                    )
-                p.copy_(s)
+    apply_weights(model, sd, ema_shadow, what=f"MDLM checkpoint {path}")
     return model
+
+
+def apply_weights(model: nn.Module, sd: dict, ema_shadow=None, *, what: str = "checkpoint"):
+    """Load ``sd`` strictly (a missing rotary ``inv_freq`` buffer is filled in), then copy the
+    EMA shadow parameters (a list in ``model.parameters()`` order) over them when given."""
+    if hasattr(model, "rotary_emb"):
+        sd.setdefault("rotary_emb.inv_freq", model.rotary_emb.inv_freq)
+    load_state_dict_checked(model, sd, what=what)
+    if ema_shadow is None:
+        return
+    params = list(model.parameters())
+    if len(ema_shadow) < len(params):
+        raise ValueError(
+            f"mdfast: EMA in {what} has {len(ema_shadow)} shadow params, model has {len(params)}"
+        )
+    with torch.no_grad():
+        for (name, p), s in zip(model.named_parameters(), ema_shadow, strict=False):
+            if tuple(s.shape) != tuple(p.shape):
+                raise ValueError(
+                    f"mdfast: EMA shape mismatch at parameter '{name}': checkpoint has "
+                    f"{list(s.shape)}, model has {list(p.shape)}"
+                )
+            p.copy_(s)

@@ -16,13 +16,16 @@ __all__ = ["StepBatches", "collate"]
 
 
 def collate(dataset, idx: torch.Tensor):
-    """Rows ``idx`` of a tensor, a dict/tuple of tensors, or a map-style dataset."""
+    """Rows ``idx`` of a tensor, a dict/tuple of tensors, or a map-style dataset (one
+    ``__getitems__(idx)`` call when it has one, PyTorch's batched-fetch protocol)."""
     if isinstance(dataset, torch.Tensor):
         return dataset[idx]
     if isinstance(dataset, dict):
         return {k: v[idx] for k, v in dataset.items()}
     if isinstance(dataset, (tuple, list)) and dataset and isinstance(dataset[0], torch.Tensor):
         return type(dataset)(v[idx] for v in dataset)
+    if hasattr(dataset, "__getitems__"):
+        return dataset.__getitems__(idx)
     from torch.utils.data import default_collate
 
     return default_collate([dataset[int(i)] for i in idx])

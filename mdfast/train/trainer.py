@@ -53,6 +53,7 @@ class TrainConfig:
     steps: int = 1000
     batch_size: int = 32  # global, over all ranks and micro-batches
     grad_accum: int = 1
+    micro_batch_size: int = 0  # >0: per-rank micro-batch; grad_accum = batch / (world × this)
     lr: float = 3e-4
     weight_decay: float = 0.0
     betas: list = field(default_factory=lambda: [0.9, 0.999])
@@ -284,6 +285,8 @@ def train(objective: nn.Module, dataset, cfg: TrainConfig, *, full_config: dict 
     if cfg.precision not in ("fp32", "bf16"):
         raise ValueError(f"mdfast: unknown precision '{cfg.precision}'; valid: ['bf16', 'fp32']")
     lr_lambda(cfg)(0)  # validates lr_schedule
+    if cfg.micro_batch_size > 0:
+        cfg.grad_accum = max(1, cfg.batch_size // (world * cfg.micro_batch_size))
     objective.to(dev)
     if cfg.fsdp:
         _apply_fsdp(objective, world)
