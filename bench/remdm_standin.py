@@ -24,7 +24,7 @@ import torch
 
 from bench.mdlm_standin import MDLMDiffusion, mdlm_config
 from mdfast.baselines import seed_nucleus, seed_remdm_update, seed_sample_categorical
-from mdfast.sampling import schedules
+from mdfast.sampling import remask_rates
 
 
 def _sample_categorical(categorical_probs):
@@ -93,13 +93,13 @@ class ReMDMDiffusion(MDLMDiffusion):
             if s.sampler == "forward-backward":
                 sigma = (a_s - a_t) / a_t if a_t > 0 else 1.0
             elif s.sampler == "remdm-cap":
-                sigma = schedules.sigma_cap(a_t, a_s, s.eta)
+                sigma = remask_rates.sigma_cap(a_t, a_s, s.eta)
             elif s.sampler == "remdm-rescale":
-                sigma = schedules.sigma_rescale(a_t, a_s, s.eta)
+                sigma = remask_rates.sigma_rescale(a_t, a_s, s.eta)
             elif s.sampler == "remdm-conf":
                 eta = conf.softmax(dim=-1)
                 eta[x == self.mask_index] = 0
-                sigma = eta.to(torch.float64) * schedules.sigma_max(a_t, a_s)
+                sigma = eta.to(torch.float64) * remask_rates.sigma_max(a_t, a_s)
             else:
                 raise NotImplementedError(f"stand-in has no sampler {s.sampler!r}")
             xs, new_conf = self._remdm_posterior_step(x, a_t, a_s, sigma, p_x0, conf)
@@ -120,7 +120,7 @@ class ReMDMDiffusion(MDLMDiffusion):
             sigma = 0.0
             a_t, a_s = 0.0, dt
         else:
-            dt, b = schedules.dfm_step(timestep, self.config.sampling.steps)
+            dt, b = remask_rates.dfm_step(timestep, self.config.sampling.steps)
             a_t, a_s = 1 - timestep, 1 - (timestep - dt)
             # DFM: decoded positions stay with probability 1 - b (alpha_s / alpha_t - 1) and masked
             # ones decode with a (alpha_s - alpha_t) / (1 - alpha_t): the ReMDM posterior at sigma

@@ -12,6 +12,7 @@ TORCH_LIBRARY(mdfast, m) {
   // --- RNG (csrc/include/mdfast/philox.h) ---
   m.def("philox4x32(Tensor counter, Tensor key) -> Tensor");
   m.def("uniform_out(Tensor(a!) out, int seed, int offset) -> ()");
+  m.def("uniform_rows_out(Tensor(a!) out, int seed, Tensor offsets) -> ()");
 
   // --- masked cross-entropy (csrc/cpu/masked_ce.cpp, csrc/cuda/masked_ce.cu) ---
   m.def(

@@ -349,6 +349,7 @@ def _objective_loss(objective, dataset, ev, dev) -> dict:
     """Mean objective loss over the split, for objectives without a likelihood estimator."""
     import torch
 
+    from mdfast import rng
     from mdfast.train.data import StepBatches
 
     n = StepBatches(dataset, 1, shuffle=False).n
@@ -358,10 +359,11 @@ def _objective_loss(objective, dataset, ev, dev) -> dict:
     torch.manual_seed(ev["seed"])
     total, steps = 0.0, max(1, n // bs)
     with torch.no_grad():
-        for i in range(steps):
+        for i in range(steps):  # batch i's noise: (eval.seed, step i, sample index), as in training
             b = batches.get(i, 0)
             b = {k: v.to(dev) for k, v in b.items()} if isinstance(b, dict) else b.to(dev)
-            total += float(objective(b)[0])
+            with rng.noise_key(rng.NoiseKey.for_batch(ev["seed"], i, bs)):
+                total += float(objective(b)[0])
     return {"estimator": "objective_loss", "loss": total / steps, "sequences": steps * bs}
 
 

@@ -106,10 +106,37 @@ def uniform(
         index = torch.arange(numel, dtype=torch.int64, device=device)
         return substream_uniform(seed, offset, 0, index).reshape(tuple(shape))
     words = philox_blocks(seed, offset, torch.arange((numel + 3) // 4, device=device))
+    return _uniforms_from_words(words, dtype).reshape(-1)[:numel].reshape(tuple(shape))
+
+
+def _uniforms_from_words(words: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Philox words int64[..., 4] -> the block's uniforms: float64[..., 2] from the word pairs
+    (w0, w1), (w2, w3), or float32[..., 4], one per word (layout of :func:`uniform`)."""
+    if dtype == torch.float64:
+        k = (words[..., 0::2] << 21) | (words[..., 1::2] >> 11)
+        u = k.to(torch.float64) * 2.0**-53
+        return torch.where(k == 0, torch.full_like(u, 2.0**-54), u)
     k = words >> 8
     u = k.to(torch.float32) * 2.0**-24
-    u = torch.where(k == 0, torch.full_like(u, 2.0**-25), u)
-    return u.reshape(-1)[:numel].reshape(tuple(shape)).to(dtype)
+    return torch.where(k == 0, torch.full_like(u, 2.0**-25), u)
+
+
+def uniform_rows(
+    offsets: torch.Tensor, n: int, seed: int, dtype: torch.dtype = torch.float64
+) -> torch.Tensor:
+    """[R, n] uniforms whose row r is ``uniform((n,), seed, offsets[r])``: elements 0..n-1 of the
+    stream (seed, offsets[r]) (offsets read as uint64 bits)."""
+    per_block = 2 if dtype == torch.float64 else 4
+    nb = (n + per_block - 1) // per_block
+    rows = offsets.shape[0]
+    block = torch.arange(nb, dtype=torch.int64, device=offsets.device).repeat(rows)
+    off = offsets.to(torch.int64).repeat_interleave(nb)
+    counter = torch.stack(
+        [block & _MASK32, block >> 32, off & _MASK32, (off >> 32) & _MASK32], dim=1
+    )
+    key = torch.tensor([seed & _MASK32, seed >> 32], dtype=torch.int64)
+    words = philox4x32(counter, key).view(rows, nb, 4)
+    return _uniforms_from_words(words, dtype).reshape(rows, nb * per_block)[:, :n].contiguous()
 
 
 # ---------------------------------------------------------------------------------------------

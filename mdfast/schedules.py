@@ -9,7 +9,8 @@ Codebases with the flipped convention (MDM-Prime's image code: ``s = 0`` noise, 
 ``P(mask) = 1 - s**n``) convert once, with :func:`flip_time`, and then use these schedules
 unchanged: ``PolynomialSchedule(n).move_chance(flip_time(s)) == 1 - s**n``.
 
-All methods take a tensor ``t`` and compute in its dtype (pass float64 for exact comparisons).
+All methods take a tensor ``t`` and compute in its dtype (pass float64 for exact comparisons);
+:func:`alpha_at` is the scalar lookup the samplers use for their time grids.
 """
 
 from __future__ import annotations
@@ -18,12 +19,15 @@ import math
 
 import torch
 
+from mdfast import rng
+
 __all__ = [
     "CosineSchedule",
     "LinearSchedule",
     "LogLinearSchedule",
     "PolynomialSchedule",
     "Schedule",
+    "alpha_at",
     "flip_time",
     "get_schedule",
     "sample_t",
@@ -162,6 +166,20 @@ def get_schedule(name: str, **kwargs) -> Schedule:
     return cls(**kwargs)
 
 
+def alpha_at(t: float, schedule: Schedule | str) -> float:
+    """alpha(t) as a Python float for one time ``t``, for a schedule name of :func:`get_schedule`
+    (``"loglinear"``, ``"linear"``, ``"cosine"``, ``"polynomial"``) or a :class:`Schedule`
+    (computed in float64)."""
+    sched = get_schedule(schedule) if isinstance(schedule, str) else schedule
+    if not isinstance(sched, Schedule):
+        raise ValueError(
+            f"mdfast: argument 'schedule' must be a schedule name or Schedule, got {schedule!r}"
+        )
+    if isinstance(sched, LogLinearSchedule):  # affine in t: no tensor round trip
+        return float(sched.alpha(t))
+    return float(sched.alpha(torch.tensor(t, dtype=torch.float64)))
+
+
 def sample_t(
     n: int,
     *,
@@ -171,9 +189,15 @@ def sample_t(
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """MDLM's ``_sample_t``: ``u ~ U(0, 1)^n``; with ``antithetic`` (stratified) ``u_i <-
-    (u_i / n + i / n) mod 1``; then ``t = (1 - eps) u + eps`` so ``t`` lies in ``[eps, 1)``."""
-    u = torch.rand(n, generator=generator, device=device, dtype=dtype)
+    """MDLM's ``_sample_t``: ``u ~ U(0, 1)^n``; with ``antithetic`` (stratified) one ``u`` per
+    stratum; then ``t = (1 - eps) u + eps`` so ``t`` lies in ``[eps, 1]``.
+
+    The uniforms are :data:`mdfast.rng.Purpose.TIME` noise: keyed by the active
+    :class:`mdfast.rng.NoiseKey` (strata over the *global* batch, ``u_g = (v_g + g) / B``) when
+    one is active and no ``generator`` is given, else ``torch.rand`` with
+    ``u_i = (v_i / n + i / n) mod 1``."""
     if antithetic:
-        u = (u / n + torch.arange(n, device=device, dtype=dtype) / n) % 1
+        u = rng.stratified(rng.Purpose.TIME, n, device=device, dtype=dtype, generator=generator)
+    else:
+        u = rng.draw(rng.Purpose.TIME, n, device=device, dtype=dtype, generator=generator)
     return (1 - eps) * u + eps

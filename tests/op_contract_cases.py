@@ -72,6 +72,8 @@ def good_arguments(op: str, device: torch.device) -> dict:
         }
     if op == "uniform":
         return {"shape": (4,), "seed": 1, "offset": 0, "device": device}
+    if op == "uniform_rows":
+        return {"offsets": tensor([0, 1 << 32, 5], dtype=torch.int64), "n": 4, "seed": 1}
     if op == "masked_ce":
         return {
             "logits": randn(5, 11),
@@ -131,6 +133,11 @@ def call_raw(op: str, kw: dict):
     if op == "uniform":
         out = torch.empty(kw["shape"], dtype=kw.get("dtype", torch.float64), device=kw["device"])
         return ops.uniform_out(out, kw["seed"], kw["offset"])
+    if op == "uniform_rows":
+        offsets = kw["offsets"]
+        shape = (offsets.shape[0], kw["n"])
+        out = torch.empty(shape, dtype=kw.get("dtype", torch.float64), device=offsets.device)
+        return ops.uniform_rows_out(out, kw["seed"], offsets)
     if op == "masked_ce":
         return ops.masked_ce(
             kw["logits"], kw["target"], kw.get("weight"), kw.get("exclude_index", -1), False
@@ -198,6 +205,17 @@ CASES: dict[str, Case] = {
     "uniform/seed-float": Case("uniform", _set(seed=1.5), TE, "seed", raw=False),
     "uniform/dtype-half": Case("uniform", _set(dtype=torch.float16), VE, "dtype"),
     "uniform/shape-negative": Case("uniform", _set(shape=(3, -1)), VE, "shape", raw=False),
+    # uniform_rows (its raw op writes into a given [R, n] buffer)
+    "uniform_rows/offsets-int32": Case(
+        "uniform_rows", _edit("offsets", lambda t: t.int()), RT, "offsets"
+    ),
+    "uniform_rows/offsets-2d": Case(
+        "uniform_rows", _edit("offsets", lambda t: t[None]), RT, "offsets"
+    ),
+    "uniform_rows/seed-negative": Case("uniform_rows", _set(seed=-1), VE, "seed"),
+    "uniform_rows/seed-float": Case("uniform_rows", _set(seed=1.5), TE, "seed", raw=False),
+    "uniform_rows/dtype-half": Case("uniform_rows", _set(dtype=torch.float16), VE, "dtype"),
+    "uniform_rows/n-negative": Case("uniform_rows", _set(n=-4), VE, "n", raw=False),
     # masked_ce
     "masked_ce/target-too-large": Case(
         "masked_ce", _edit("target", lambda t: _put(t, 3, 11)), VE, "target", "row 3", values=True

@@ -35,7 +35,7 @@ from mdfast.baselines import seed_nucleus
 from mdfast.integrations import mdlm as integration
 from mdfast.integrations.mdlm import DenoiserCache
 from mdfast.models import DiTConfig, load_mdlm
-from mdfast.sampling import schedules
+from mdfast.sampling import remask_rates
 
 P_FAIL = 1e-6
 EPS64 = torch.finfo(torch.float64).eps
@@ -542,7 +542,7 @@ def _remdm_posterior(sampler, s, t, dt):
     if sampler == "dfm":
         if t == 1.0:
             return 0.0, 1 / s.steps, sigma
-        dt, b = schedules.dfm_step(t, s.steps)
+        dt, b = remask_rates.dfm_step(t, s.steps)
         a_t, a_s = 1 - t, 1 - (t - dt)
         return a_t, a_s, sigma + b * (a_s / a_t - 1)
     a_t, a_s = 1 - t, 1 - (t - dt)
@@ -556,13 +556,13 @@ def _remdm_posterior(sampler, s, t, dt):
             a_t = a_s = s.alpha_on
             sigma += s.eta
     elif sampler == "remdm-cap":
-        sigma += schedules.sigma_cap(a_t, a_s, s.eta)
+        sigma += remask_rates.sigma_cap(a_t, a_s, s.eta)
     elif sampler == "remdm-rescale":
-        sigma += schedules.sigma_rescale(a_t, a_s, s.eta)
+        sigma += remask_rates.sigma_rescale(a_t, a_s, s.eta)
     elif sampler == "forward-backward":
         sigma += (a_s - a_t) / a_t
     elif sampler == "remdm-conf":
-        sigma = torch.softmax(CONF_ROW.double(), 0) * schedules.sigma_max(a_t, a_s)
+        sigma = torch.softmax(CONF_ROW.double(), 0) * remask_rates.sigma_max(a_t, a_s)
     return a_t, a_s, sigma
 
 

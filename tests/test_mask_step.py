@@ -9,7 +9,7 @@ import torch
 
 from mdfast import ops, reference
 from mdfast._extension import BACKENDS
-from mdfast.sampling import schedules
+from mdfast.sampling import remask_rates
 
 needs_kernels = pytest.mark.skipif(not BACKENDS, reason="compiled kernels not built")
 Z_MAX = 5.5  # |z| bound of the rate tests: two-sided false failure ~4e-8 each
@@ -144,9 +144,9 @@ def test_rows_that_do_not_unmask_are_never_read(path, fresh_seed):
 )
 def test_event_rates_match_formulas(path, name, alpha_t, alpha_s, sigma, fresh_seed):
     if name == "cap":
-        sigma = schedules.sigma_cap(alpha_t, alpha_s, 0.008)
+        sigma = remask_rates.sigma_cap(alpha_t, alpha_s, 0.008)
     elif name == "rescale":
-        sigma = schedules.sigma_rescale(alpha_t, alpha_s, 0.015)
+        sigma = remask_rates.sigma_rescale(alpha_t, alpha_s, 0.015)
     B, L = (32, 8192) if path == "kernel" else (4, 4096)
     g = torch.Generator().manual_seed(fresh_seed)
     x, mask = _state(g, B, L, 1000)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from mdfast import ops, reference
 from mdfast._extension import BACKENDS
@@ -270,31 +271,42 @@ def test_zero_weight_rows_skip_target_checks(path):
 
 @pytest.mark.skipif(not torch.cuda.is_available() or "cuda" not in BACKENDS, reason="needs a GPU")
 def test_cuda_int64_indexing_large():
-    """N * V > 2^31 elements (bf16, 4.3 GB): the last rows must be right."""
-    n, v = 42_800, 50_258
-    logits = torch.empty(n, v, dtype=torch.bfloat16, device="cuda").normal_()
-    target = torch.randint(0, v, (n,), device="cuda")
+    """N * V > 2^31 elements (bf16, 4.3 GB), so row offsets past row 42,729 overflow int32:
+    loss and gradient of sampled rows on both sides of that boundary (and the last row) equal
+    the float64 reference, w * (logsumexp - z[target]) and w * (softmax - onehot), with an
+    excluded class; zero-weight rows give 0 and are untouched."""
+    n, v, exclude = 42_800, 50_258, 7
+    boundary = (2**31 + v - 1) // v  # first row whose offset needs 64 bits
+    g = torch.Generator(device="cuda").manual_seed(0)
+    logits = torch.empty(n, v, dtype=torch.bfloat16, device="cuda").normal_(generator=g)
+    target = torch.randint(0, v - 1, (n,), device="cuda", generator=g)
+    target[target == exclude] = v - 1
+    rows = torch.cat(
+        [
+            torch.tensor([0, boundary - 1, boundary, n - 1]),
+            torch.randint(0, boundary, (12,)),
+            torch.randint(boundary, n, (12,)),
+        ]
+    ).unique()
     weight = torch.zeros(n, device="cuda")
-    weight[-3:] = 1.0
-    weight[0] = 1.0
-    loss = ops.masked_ce(logits, target, weight)
-    rows = [0, n - 3, n - 2, n - 1]
-    expected = reference.masked_ce(logits[rows].double(), target[rows], None)
-    torch.testing.assert_close(loss[rows].double(), expected, rtol=2e-5, atol=2e-5)
+    weight[rows.cuda()] = torch.rand(rows.numel(), device="cuda") + 0.5
+    loss = ops.masked_ce(logits, target, weight, exclude_index=exclude)
+    lse = torch.ops.mdfast.masked_ce(logits, target, weight, exclude)[1]
     grad = torch.ops.mdfast.masked_ce_backward(
-        torch.ones(n, device="cuda"),
-        logits,
-        target,
-        weight,
-        torch.ops.mdfast.masked_ce(logits, target, weight, -1)[1],
-        -1,
+        torch.ones(n, device="cuda"), logits, target, weight, lse, exclude
     )
-    torch.testing.assert_close(
-        grad[-1].double().sum(),
-        torch.zeros((), dtype=torch.float64, device="cuda"),
-        atol=5e-3,
-        rtol=0,
-    )
+    z = logits[rows.cuda()].double()
+    w = weight[rows.cuda()].double()
+    expected = reference.masked_ce(z, target[rows.cuda()], w, exclude)
+    torch.testing.assert_close(loss[rows.cuda()].double(), expected, rtol=2e-5, atol=2e-5)
+    z[:, exclude] = float("-inf")
+    want = w[:, None] * (z.softmax(-1) - F.one_hot(target[rows.cuda()], v).double())
+    rtol, atol = GRAD_TOL[torch.bfloat16]
+    torch.testing.assert_close(grad[rows.cuda()].double(), want, rtol=rtol, atol=atol)
+    others = torch.ones(n, dtype=torch.bool, device="cuda")
+    others[rows.cuda()] = False
+    assert (loss[others] == 0).all()
+    assert (grad[others.nonzero()[:, 0][-64:]] == 0).all()
 
 
 # ------------------------------------------------------------------------- linear_masked_ce

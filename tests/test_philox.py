@@ -132,6 +132,48 @@ def test_uniform_empty(path, dtype):
     assert ops.uniform((0, 3), 1, 1, dtype=dtype).shape == (0, 3)
 
 
+# ------------------------------------------------------------------------------- uniform_rows
+
+
+def _row_offsets(fresh_seed: int, rows: int) -> torch.Tensor:
+    """Offsets that exercise both 32-bit words (step << 32 | index, as NoiseKey builds them)."""
+    g = torch.Generator().manual_seed(fresh_seed)
+    return (torch.randint(0, 2**20, (rows,), generator=g) << 32) | torch.randint(
+        0, 2**32, (rows,), generator=g
+    )
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("n", [0, 1, 3, 4, 5, 1001])
+def test_uniform_rows_equals_uniform_per_row(path, device, dtype, n, fresh_seed):
+    """Row r is ops.uniform((n,), seed, offsets[r]) bit for bit, on the kernel and the
+    reference path (itself checked against the per-row reference draw)."""
+    offsets = _row_offsets(fresh_seed, 7)
+    got = ops.uniform_rows(offsets.to(device), n, fresh_seed, dtype)
+    assert got.shape == (7, n) and got.dtype == dtype and got.device.type == device.type
+    for r, off in enumerate(offsets.tolist()):
+        assert torch.equal(got[r].cpu(), reference.uniform((n,), fresh_seed, off, dtype=dtype))
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_uniform_rows_out_writes_every_element(device, dtype, fresh_seed):
+    out = poisoned((5, 1237), dtype, device)
+    torch.ops.mdfast.uniform_rows_out(out, fresh_seed, _row_offsets(fresh_seed, 5).to(device))
+    assert_all_written(out)
+
+
+@needs_kernels
+def test_uniform_rows_kernel_checks_shapes():
+    offsets = torch.zeros(3, dtype=torch.int64)
+    with pytest.raises(RuntimeError, match="'offsets'"):
+        torch.ops.mdfast.uniform_rows_out(torch.empty(4, 2, dtype=torch.float64), 1, offsets)
+    with pytest.raises(ValueError, match="'seed'"):
+        torch.ops.mdfast.uniform_rows_out(torch.empty(3, 2, dtype=torch.float64), -1, offsets)
+    with pytest.raises(RuntimeError, match="'out'"):
+        torch.ops.mdfast.uniform_rows_out(torch.empty(3, dtype=torch.float64), 1, offsets)
+
+
 @needs_kernels
 def test_opcheck(device, fresh_seed):
     g = torch.Generator().manual_seed(fresh_seed)
@@ -141,6 +183,11 @@ def test_opcheck(device, fresh_seed):
     for dtype in (torch.float64, torch.float32):
         out = torch.empty(17, 3, dtype=dtype, device=device)
         torch.library.opcheck(torch.ops.mdfast.uniform_out.default, (out, fresh_seed, 7))
+        rows = torch.empty(5, 9, dtype=dtype, device=device)
+        offsets = _row_offsets(fresh_seed, 5).to(device)
+        torch.library.opcheck(
+            torch.ops.mdfast.uniform_rows_out.default, (rows, fresh_seed, offsets)
+        )
 
 
 @needs_kernels
@@ -165,6 +212,9 @@ def test_cuda_equals_cpu_bit_for_bit(dtype, fresh_seed):
     cpu = ops.uniform((3, 100_003), fresh_seed, 77, dtype=dtype, device="cpu")
     cuda = ops.uniform((3, 100_003), fresh_seed, 77, dtype=dtype, device="cuda")
     assert torch.equal(cuda.cpu(), cpu)
+    offsets = _row_offsets(fresh_seed, 33)
+    rows = ops.uniform_rows(offsets, 2049, fresh_seed, dtype)
+    assert torch.equal(ops.uniform_rows(offsets.cuda(), 2049, fresh_seed, dtype).cpu(), rows)
     counter = torch.randint(0, 2**32, (1000, 4), dtype=torch.int64)
     key = torch.tensor([fresh_seed & M32, fresh_seed >> 32])
     assert torch.equal(

@@ -594,26 +594,76 @@ def test_module_nll_of_perfect_model_estimates_the_entropy(path, convention, fre
     torch.testing.assert_close(out["bpd"], per_token / math.log(2))
 
 
-def test_module_loss_trains_and_step_reveals(path, fresh_seed):
+def test_module_loss_trains(path, fresh_seed):
+    """Prime's digit embedding + a linear head on skewed tokens: both losses are finite, the
+    gradient reaches the embedding, and 60 Adam steps lower the ELBO loss measured on fixed
+    noise (the model learns the class frequencies given the visible digits)."""
     from mdfast.diffusion import Prime
 
     torch.manual_seed(fresh_seed % 2**31)
     m = Prime(50, 2, 16, convention="polynomial")
     head = torch.nn.Linear(16, 50)
-    x0 = torch.randint(0, 50, (8, 6))
-    t = m.sample_times(8)
-    assert t.shape == (8,) and (t >= 0).all() and (t < 1).all()
-    digits = m.noise(x0, t)
+    probs = torch.softmax(2.0 * torch.randn(50), 0)
+
+    def batch(g):
+        x0 = torch.multinomial(probs, 64 * 6, replacement=True, generator=g).view(64, 6)
+        t = m.sample_times(64, generator=g)
+        return x0, t, m.noise(x0, t, generator=g)
+
+    def eval_loss():
+        with torch.no_grad():
+            g = torch.Generator().manual_seed(7)
+            vals = []
+            for _ in range(4):
+                x0, t, digits = batch(g)
+                vals.append(float(m.loss(head(m.embed(digits)), x0, digits, t)))
+            return sum(vals) / len(vals)
+
+    x0, t, digits = batch(torch.Generator().manual_seed(1))
+    assert t.shape == (64,) and (t >= 0).all() and (t < 1).all()
     logits = head(m.embed(digits))
     for mode in ("elbo", "joint"):
         loss = m.loss(logits, x0, digits, t, mode=mode)
         assert loss.ndim == 0 and torch.isfinite(loss)
-    m.loss(logits, x0, digits, t).backward()
-    assert head.weight.grad is not None and m.embedding.weight.grad is not None
-    nxt = m.step(logits.detach(), digits, 0.5, 1.0, seed=1, offset=0)
-    assert (nxt != m.mask_id).all()  # s = 1 is the data end of the polynomial convention
-    visible = digits != m.mask_id
+    before = eval_loss()
+    opt = torch.optim.Adam([*m.parameters(), *head.parameters()], lr=3e-2)
+    g = torch.Generator().manual_seed(fresh_seed % 2**31)
+    for _ in range(60):
+        x0, t, digits = batch(g)
+        opt.zero_grad()
+        m.loss(head(m.embed(digits)), x0, digits, t).backward()
+        assert m.embedding.weight.grad.abs().sum() > 0
+        opt.step()
+    after = eval_loss()
+    assert after < 0.8 * before, (before, after)
+
+
+@pytest.mark.parametrize(("convention", "t", "s"), [("polynomial", 0.3, 0.6), ("mdlm", 0.6, 0.3)])
+def test_module_step_reveals_at_the_schedule_rate(path, convention, t, s, fresh_seed):
+    """One reverse step t -> s away from the data end: each masked digit is revealed
+    independently with probability (alpha_s - alpha_t)/(1 - alpha_t) of the module's
+    convention (binomial test), revealed digits are those of the class the model is sure of,
+    and visible digits never change."""
+    from mdfast.diffusion import Prime
+
+    m = Prime(50, 2, 16, convention=convention)
+    n = 20_000
+    g = torch.Generator().manual_seed(fresh_seed % 2**31)
+    c = torch.randint(0, 50, (n,), generator=g)
+    logits = torch.full((n, 50), -30.0).scatter_(1, c[:, None], 30.0)  # sure of class c
+    digits = m.noise(c, torch.full((n,), t, dtype=torch.float64), generator=g)
+    nxt = m.step(logits, digits, t, s, seed=fresh_seed % 2**40, offset=3)
+    alpha_t, _ = m.schedule(torch.tensor([t], dtype=torch.float64))
+    alpha_s, _ = m.schedule(torch.tensor([s], dtype=torch.float64))
+    q = float((alpha_s - alpha_t) / (1 - alpha_t))
+    assert 0.05 < q < 0.95
+    masked = digits == m.mask_id
+    visible = ~masked
+    revealed = masked & (nxt != m.mask_id)
     assert torch.equal(nxt[visible], digits[visible])
+    assert torch.equal(nxt[revealed], m.encode(c)[revealed])
+    result = stats.binomtest(int(revealed.sum()), int(masked.sum()), q)
+    assert result.pvalue > 1e-7, (int(revealed.sum()), int(masked.sum()), q)
 
 
 def test_module_corrector_jump_probabilities(fresh_seed):

@@ -21,7 +21,7 @@ import torch
 from scipy import stats
 
 from mdfast import baselines, ops, sampling
-from mdfast.sampling import schedules
+from mdfast.sampling import remask_rates
 
 L, K, MASK = 3, 4, 4
 V = K + 1
@@ -306,7 +306,7 @@ def test_remdm_keeps_the_marginals(strategy, fresh_seed):
     kw = {"eta": {"cap": 0.05, "rescale": 0.5, "loop": 0.05}[strategy]}
     plan = sampling.remdm_plan(strategy, 16, **kw)
     for _t, _s, a_t, a_s, sigma in plan:
-        assert sigma is None or sigma <= schedules.sigma_max(a_t, a_s) + 1e-12
+        assert sigma is None or sigma <= remask_rates.sigma_max(a_t, a_s) + 1e-12
     law = _chain_law(model.cond, plan)
     a_end = plan[-1][3]
     marg = [table.sum(dim=[d for d in range(L) if d != pos]) for pos in range(L)]
@@ -356,18 +356,59 @@ def test_seed_style_remdm_step_and_mask_step_share_the_exact_law(joint, fresh_se
     assert law[[sid for sid, st in enumerate(STATES) if MASK in st]].sum() > 0.05
 
 
-def test_remdm_conf_runs_and_remasks(joint, fresh_seed):
+def test_remdm_conf_remasks_by_the_conf_law(joint, monkeypatch, fresh_seed):
+    """ReMDM-conf: at every step a decoded position i remasks with probability
+    sigma_i = softmax over the decoded positions of its sequence of (-p_i) times sigma_max, p_i
+    the probability its token had when it was drawn. p_i is tracked here from the exact
+    denoiser and the observed transitions, the remask probabilities the sampler hands to
+    mask_step must equal that law, and the remask events must occur at those rates (chi-square
+    over five bins of sigma, 1e-7 false-failure probability)."""
     _, model = joint
-    res = sampling.remdm(
-        model,
-        strategy="conf",
-        batch_size=2000,
-        length=L,
-        mask_index=MASK,
-        steps=20,
-        seed=fresh_seed % 2**40,
-    )
-    assert (res.x != MASK).all() and res.nfe >= 1
+    steps, n = 12, 20_000
+    calls = []
+    real = ops.mask_step
+
+    def spy(x, logits, **kw):
+        out = real(x, logits, **kw)
+        calls.append((x.clone(), kw["remask"], out[0].clone()))
+        return out
+
+    monkeypatch.setattr(ops, "mask_step", spy)
+    res = sampling.remdm(model, strategy="conf", batch_size=n, length=L, mask_index=MASK,
+                         steps=steps, seed=fresh_seed % 2**40, noise_removal=False)  # fmt: skip
+    plan = sampling.remdm_plan("conf", steps)
+    assert len(calls) == len(plan)
+    p_track = torch.full((n, L), float("nan"), dtype=torch.float64)
+    sig_all, hit_all = [], []
+    for (x, remask, x_next), (_t, _s, _a_t, _a_s, sigma_max) in zip(calls, plan, strict=True):
+        decoded = x != MASK
+        conf = torch.where(decoded, -p_track, float("-inf"))
+        law = torch.softmax(conf, dim=1).nan_to_num(0.0) * sigma_max
+        if remask is None:
+            assert not decoded.any()
+        else:
+            torch.testing.assert_close(remask, law, rtol=0, atol=1e-5)
+            sig_all.append(law[decoded])
+            hit_all.append((x_next == MASK)[decoded])
+        drawn = ~decoded & (x_next != MASK)
+        cond = model.cond[_sid(x)]  # [n, L, V]: the denoiser's distribution at x
+        p_new = cond.gather(2, x_next.clamp(max=K - 1)[..., None])[..., 0]
+        p_track = torch.where(drawn, p_new, torch.where(x_next == MASK, float("nan"), p_track))
+    sig, hit = torch.cat(sig_all), torch.cat(hit_all)
+    assert int(hit.sum()) > 1000  # remasking happened, a lot
+    # remask events vs the law: five bins of sigma, each a Poisson-binomial count
+    edges = torch.quantile(sig, torch.linspace(0, 1, 6, dtype=torch.float64)).unique()
+    chi2, df = 0.0, 0
+    for k, (lo, hi) in enumerate(itertools.pairwise(edges.tolist())):
+        last = k == len(edges) - 2
+        sel = (sig >= lo) & ((sig <= hi) if last else (sig < hi))
+        exp, var = sig[sel].sum(), (sig[sel] * (1 - sig[sel])).sum()
+        if var > 0:
+            chi2, df = chi2 + float((hit[sel].sum() - exp) ** 2 / var), df + 1
+    assert df >= 3
+    p = float(stats.chi2.sf(chi2, df=df))
+    assert p > P_FAIL, (chi2, p)
+    assert (res.x != MASK).any()
 
 
 # ------------------------------------------------------------------------------- call counts
@@ -477,3 +518,62 @@ def test_nvtx_flag_and_bad_arguments(joint, monkeypatch):
         sampling.sample(model, sampler="euler", steps=3, **kw)
     with pytest.raises(ValueError, match="'prefix'"):
         sampling.ddpm(model, steps=3, prefix=torch.tensor([MASK]), **kw)
+
+
+# ------------------------------------------------------------------------------- settings
+
+
+def test_settings_object_equals_keywords(joint, fresh_seed):
+    """A SamplerSettings and the same options as keywords give the same samples."""
+    _, model = joint
+    kw = {"batch_size": 64, "length": L, "mask_index": MASK, "steps": 6,
+          "seed": fresh_seed % 2**40, "temperature": 0.8, "top_k": 3}  # fmt: skip
+    st = sampling.SamplerSettings(**kw)
+    for name in ("ddpm", "ddpm_cache", "first_hitting", "remdm-conf", "remdm-loop"):
+        a = sampling.sample(model, st, sampler=name)
+        b = sampling.sample(model, sampler=name, **kw)
+        assert torch.equal(a.x, b.x) and a.nfe == b.nfe, name
+    c = sampling.ddpm(model, st, steps=7)  # keywords on top of a settings object
+    assert torch.equal(c.x, sampling.ddpm(model, **{**kw, "steps": 7}).x)
+    assert sampling.remdm(model, st.replace(strategy="cap", eta=0.1)).steps == 6
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("batch_size", 0), ("length", -1), ("steps", 2.5), ("mask_index", -3), ("seed", -1),
+        ("schedule", "sqrt"), ("schedule", 3), ("eps", 1.0), ("temperature", -0.1),
+        ("temperature", float("nan")), ("top_p", 0.0), ("top_k", -1), ("nucleus", "top"),
+        ("noise_removal", 1), ("strategy", "nope"), ("eta", 1.5), ("t_on", 0.01),
+        ("alpha_on", 1.0),
+    ],
+)  # fmt: skip
+def test_settings_validation_names_the_option(option, value):
+    kw = {"batch_size": 2, "length": L, "mask_index": MASK, "steps": 3, option: value}
+    with pytest.raises(ValueError, match=f"'{option}'"):
+        sampling.SamplerSettings(**kw)
+
+
+def test_sampler_rejects_options_it_does_not_read(joint):
+    _, model = joint
+    kw = {"batch_size": 2, "length": L, "mask_index": MASK, "steps": 3}
+    with pytest.raises(TypeError, match="per_row_cache"):
+        sampling.ddpm(model, per_row_cache=True, **kw)
+    with pytest.raises(TypeError, match="strategy"):
+        sampling.first_hitting(model, strategy="conf", **kw)
+    with pytest.raises(TypeError, match="'settings'"):
+        sampling.ddpm(model, {"steps": 3})
+
+
+def test_deprecated_sampling_schedules_alias():
+    import importlib
+    import sys
+
+    sys.modules.pop("mdfast.sampling.schedules", None)
+    with pytest.warns(DeprecationWarning, match="remask_rates"):
+        old = importlib.import_module("mdfast.sampling.schedules")
+    from mdfast.schedules import alpha_at
+
+    for name in ("loglinear", "linear", "cosine"):
+        assert old.alpha(0.3, name) == alpha_at(0.3, name)
+    assert old.sigma_cap is remask_rates.sigma_cap

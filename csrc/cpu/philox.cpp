@@ -1,4 +1,4 @@
-// CPU kernels of the RNG ops: philox4x32 (raw block function) and uniform_out.
+// CPU kernels of the RNG ops: philox4x32 (raw block function), uniform_out and uniform_rows_out.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty_like.h>
@@ -34,15 +34,10 @@ at::Tensor philox4x32_cpu(const at::Tensor& counter, const at::Tensor& key) {
   return out;
 }
 
-template <typename scalar_t, int kPerBlock, typename Convert>
-void fill_uniform(scalar_t* out, int64_t numel, uint64_t seed, uint64_t offset, Convert convert) {
-  const int64_t blocks = (numel + kPerBlock - 1) / kPerBlock;
-  at::parallel_for(0, blocks, kGrain, [&](int64_t begin, int64_t end) {
-    for (int64_t b = begin; b < end; ++b) {
-      const PhiloxWords r = philox_block(seed, offset, static_cast<uint64_t>(b));
-      const int64_t first = b * kPerBlock;
-      for (int j = 0; j < kPerBlock && first + j < numel; ++j) out[first + j] = convert(r, j);
-    }
+template <typename scalar_t>
+void fill_uniform(scalar_t* out, int64_t numel, uint64_t seed, uint64_t offset) {
+  at::parallel_for(0, uniform_blocks<scalar_t>(numel), kGrain, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) write_uniform_block(out, numel, seed, offset, b);
   });
 }
 
@@ -51,14 +46,33 @@ void uniform_out_cpu(at::Tensor& out, int64_t seed, int64_t offset) {
   const auto s = static_cast<uint64_t>(seed);
   const auto o = static_cast<uint64_t>(offset);
   if (out.scalar_type() == at::kDouble) {
-    fill_uniform<double, 2>(out.data_ptr<double>(), out.numel(), s, o,
-                            [](const PhiloxWords& r, int j) {
-                              return uniform_double_from_words(r.w[2 * j], r.w[2 * j + 1]);
-                            });
+    fill_uniform(out.data_ptr<double>(), out.numel(), s, o);
   } else {
-    fill_uniform<float, 4>(
-        out.data_ptr<float>(), out.numel(), s, o,
-        [](const PhiloxWords& r, int j) { return uniform_float_from_word(r.w[j]); });
+    fill_uniform(out.data_ptr<float>(), out.numel(), s, o);
+  }
+}
+
+// Row r of out [rows, n] holds elements 0..n-1 of the stream (seed, offsets[r]).
+template <typename scalar_t>
+void fill_uniform_rows(scalar_t* out, int64_t rows, int64_t n, uint64_t seed,
+                       const int64_t* offsets) {
+  const int64_t per_row = uniform_blocks<scalar_t>(n);
+  at::parallel_for(0, rows * per_row, kGrain, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t r = i / per_row;
+      write_uniform_block(out + r * n, n, seed, static_cast<uint64_t>(offsets[r]), i % per_row);
+    }
+  });
+}
+
+void uniform_rows_out_cpu(at::Tensor& out, int64_t seed, const at::Tensor& offsets) {
+  check_uniform_rows_args(out, seed, offsets);
+  const at::Tensor off = offsets.contiguous();
+  const auto s = static_cast<uint64_t>(seed);
+  if (out.scalar_type() == at::kDouble) {
+    fill_uniform_rows(out.data_ptr<double>(), out.size(0), out.size(1), s, off.data_ptr<int64_t>());
+  } else {
+    fill_uniform_rows(out.data_ptr<float>(), out.size(0), out.size(1), s, off.data_ptr<int64_t>());
   }
 }
 
@@ -67,6 +81,7 @@ void uniform_out_cpu(at::Tensor& out, int64_t seed, int64_t offset) {
 TORCH_LIBRARY_IMPL(mdfast, CPU, m) {
   m.impl("philox4x32", &philox4x32_cpu);
   m.impl("uniform_out", &uniform_out_cpu);
+  m.impl("uniform_rows_out", &uniform_rows_out_cpu);
 }
 
 }  // namespace mdfast

@@ -35,24 +35,25 @@ __global__ void philox4x32_kernel(const int64_t* __restrict__ counter,
   }
 }
 
-template <typename scalar_t, int kPerBlock>
+template <typename scalar_t>
 __global__ void uniform_kernel(scalar_t* __restrict__ out, int64_t numel, uint64_t seed,
                                uint64_t offset) {
-  const int64_t blocks = (numel + kPerBlock - 1) / kPerBlock;
+  const int64_t blocks = uniform_blocks<scalar_t>(numel);
   for (int64_t b = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; b < blocks;
        b += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const PhiloxWords r = philox_block(seed, offset, static_cast<uint64_t>(b));
-    const int64_t first = b * kPerBlock;
-#pragma unroll
-    for (int j = 0; j < kPerBlock; ++j) {
-      if (first + j < numel) {
-        if constexpr (kPerBlock == 2) {
-          out[first + j] = uniform_double_from_words(r.w[2 * j], r.w[2 * j + 1]);
-        } else {
-          out[first + j] = uniform_float_from_word(r.w[j]);
-        }
-      }
-    }
+    write_uniform_block(out, numel, seed, offset, b);
+  }
+}
+
+// Row r of out [rows, n] holds elements 0..n-1 of the stream (seed, offsets[r]).
+template <typename scalar_t>
+__global__ void uniform_rows_kernel(scalar_t* __restrict__ out, int64_t rows, int64_t n,
+                                    uint64_t seed, const int64_t* __restrict__ offsets) {
+  const int64_t per_row = uniform_blocks<scalar_t>(n);
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < rows * per_row;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t r = i / per_row;
+    write_uniform_block(out + r * n, n, seed, static_cast<uint64_t>(offsets[r]), i % per_row);
   }
 }
 
@@ -80,11 +81,31 @@ void uniform_out_cuda(at::Tensor& out, int64_t seed, int64_t offset) {
   const auto s = static_cast<uint64_t>(seed);
   const auto o = static_cast<uint64_t>(offset);
   if (out.scalar_type() == at::kDouble) {
-    uniform_kernel<double, 2>
-        <<<grid_for((numel + 1) / 2), kThreads, 0, stream>>>(out.data_ptr<double>(), numel, s, o);
+    uniform_kernel<<<grid_for(uniform_blocks<double>(numel)), kThreads, 0, stream>>>(
+        out.data_ptr<double>(), numel, s, o);
   } else {
-    uniform_kernel<float, 4>
-        <<<grid_for((numel + 3) / 4), kThreads, 0, stream>>>(out.data_ptr<float>(), numel, s, o);
+    uniform_kernel<<<grid_for(uniform_blocks<float>(numel)), kThreads, 0, stream>>>(
+        out.data_ptr<float>(), numel, s, o);
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+void uniform_rows_out_cuda(at::Tensor& out, int64_t seed, const at::Tensor& offsets) {
+  check_uniform_rows_args(out, seed, offsets);
+  const int64_t rows = out.size(0);
+  const int64_t n = out.size(1);
+  if (rows == 0 || n == 0) return;
+  const c10::cuda::CUDAGuard guard(out.device());
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  const at::Tensor off = offsets.contiguous();
+  const auto s = static_cast<uint64_t>(seed);
+  const int64_t* op = off.data_ptr<int64_t>();
+  if (out.scalar_type() == at::kDouble) {
+    uniform_rows_kernel<<<grid_for(rows * uniform_blocks<double>(n)), kThreads, 0, stream>>>(
+        out.data_ptr<double>(), rows, n, s, op);
+  } else {
+    uniform_rows_kernel<<<grid_for(rows * uniform_blocks<float>(n)), kThreads, 0, stream>>>(
+        out.data_ptr<float>(), rows, n, s, op);
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -94,6 +115,7 @@ void uniform_out_cuda(at::Tensor& out, int64_t seed, int64_t offset) {
 TORCH_LIBRARY_IMPL(mdfast, CUDA, m) {
   m.impl("philox4x32", &philox4x32_cuda);
   m.impl("uniform_out", &uniform_out_cuda);
+  m.impl("uniform_rows_out", &uniform_rows_out_cuda);
 }
 
 }  // namespace mdfast

@@ -5,6 +5,12 @@ An objective is an ``nn.Module`` that owns its backbone (``self.model``) and map
 ids ``[B, ...]``, a dict with ``"input_ids"`` (and optionally ``"attention_mask"``, ``"label"``)
 or a tuple (see :func:`unpack`). The trainer wraps the objective (not the bare model) in DDP, so
 every parameter an objective owns is trained and synchronised.
+
+Noise: objectives draw through :func:`mdfast.rng.draw` / :func:`mdfast.schedules.sample_t` with a
+:class:`mdfast.rng.Purpose` (time, mask, ε, label drop), and backbones use
+:class:`mdfast.models.dropout.KeyedDropout`; under an active :class:`mdfast.rng.NoiseKey` (the
+trainer and ``mdfast eval`` set one per batch) every draw of a sample is keyed by (seed, purpose,
+global step, the sample's index in the global batch), so the batch split does not change it.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mdfast import rng
 from mdfast.diffusion.mdlm import MDLM
 
 __all__ = ["IMDM", "EpsilonMLP", "IMDMBackbone", "imdm_posterior", "imdm_update"]
@@ -48,8 +49,11 @@ class IMDMBackbone(nn.Module):
         self.mask_index = mask_index
         self.eps_mlp = EpsilonMLP(self.noise_dim, d)
 
-    def draw_eps(self, shape, device, generator=None) -> torch.Tensor:
-        u = torch.rand(*shape, self.noise_dim, device=device, generator=generator)
+    def draw_eps(self, shape, device, generator=None, stream: tuple = ()) -> torch.Tensor:
+        """ε ~ U[−1, 1]^D · scale per position of ``shape``: ``Purpose.EPSILON`` noise (keyed per
+        sample when a NoiseKey is active; ``stream`` ids tell apart several draws of a step)."""
+        u = rng.draw(rng.Purpose.EPSILON, (*shape, self.noise_dim), *stream, device=device,
+                     generator=generator)  # fmt: skip
         return (2 * u - 1) * self.noise_scale
 
     def embeds(self, xt: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
@@ -112,16 +116,21 @@ def imdm_posterior(alpha_t, alpha_s):
 def imdm_update(xt, eps, x0_draw, alpha_t, alpha_s, mask_index: int, backbone=None, generator=None):
     """One reverse step for every masked position given a draw ``x0_draw ~ p_θ(·|x_t)``:
     unmask to ``x0_draw``, or stay masked and keep ε, or stay masked with a fresh ε.
-    Returns ``(x_s, eps_s, reset)`` (``reset``: bool, ε redrawn)."""
+    Returns ``(x_s, eps_s, reset)`` (``reset``: bool, ε redrawn). The draws are
+    ``Purpose.REVERSE`` / ``Purpose.EPSILON`` noise (keyed when a NoiseKey is active, e.g. one
+    per reverse step of a sampling loop), else from ``generator`` / torch's RNG."""
     p_unmask, p_keep, _ = imdm_posterior(alpha_t, alpha_s)
-    u = torch.rand(xt.shape, device=xt.device, generator=generator, dtype=torch.float64)
+    u = rng.draw(rng.Purpose.REVERSE, xt.shape, device=xt.device, dtype=torch.float64,
+                 generator=generator)  # fmt: skip
     masked = xt == mask_index
     unmask = masked & (u < p_unmask)
     reset = masked & (u >= p_unmask + p_keep)
     x_s = torch.where(unmask, x0_draw, xt)
     if backbone is not None:
-        fresh = backbone.draw_eps(xt.shape, xt.device, generator=generator)
+        fresh = backbone.draw_eps(xt.shape, xt.device, generator=generator, stream=("redraw",))
     else:
-        fresh = 2 * torch.rand(eps.shape, device=eps.device, generator=generator) - 1
+        u_eps = rng.draw(rng.Purpose.EPSILON, eps.shape, "redraw", device=eps.device,
+                         generator=generator)  # fmt: skip
+        fresh = 2 * u_eps - 1
     eps_s = torch.where(reset[..., None], fresh.to(eps.dtype), eps)
     return x_s, eps_s, reset

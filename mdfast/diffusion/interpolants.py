@@ -13,6 +13,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from mdfast import rng
 from mdfast.diffusion.base import Objective, unpack
 
 __all__ = ["KAPPAS", "Interpolant", "check_kappa", "dkappa", "kappa"]
@@ -69,13 +70,14 @@ class Interpolant(Objective):
     def forward(self, batch):
         x1, _, rest = unpack(batch)
         b = x1.shape[0]
-        t = self.t_min + (1 - self.t_min) * torch.rand(b, device=x1.device)
+        dev = x1.device
+        t = self.t_min + (1 - self.t_min) * rng.draw(rng.Purpose.TIME, b, device=dev)
         k = kappa(t, self.kappa).reshape(-1, *([1] * (x1.dim() - 1)))
-        keep = torch.rand(x1.shape, device=x1.device) < k
+        keep = rng.draw(rng.Purpose.MASK, x1.shape, device=dev) < k
         xt = torch.where(keep, x1, self.mask_index)
         if "label" in rest and self.num_classes > 0:
             y = rest["label"].clone()
-            drop = torch.rand(b, device=x1.device) < self.p_uncond
+            drop = rng.draw(rng.Purpose.LABEL_DROP, b, device=dev) < self.p_uncond
             y[drop] = self.num_classes
             logits = self.model(xt, y=y)
         else:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from mdfast import ops
+from mdfast import ops, rng
 from mdfast.diffusion.base import Objective, sample_t, token_mean, unpack
 from mdfast.losses import subs_loss
 from mdfast.schedules import Schedule, get_schedule
@@ -20,11 +20,18 @@ def resolve_schedule(schedule: Schedule | str | None) -> Schedule:
     return get_schedule(schedule) if isinstance(schedule, str) else schedule
 
 
-def mask_tokens(x0: torch.Tensor, move_chance: torch.Tensor, mask_index: int) -> torch.Tensor:
+def mask_tokens(
+    x0: torch.Tensor,
+    move_chance: torch.Tensor,
+    mask_index: int,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """MDLM ``q_xt``: each token independently becomes ``mask_index`` with prob ``move_chance``
-    (shape [B] or broadcastable to ``x0``)."""
+    (shape [B] or broadcastable to ``x0``). The uniforms are ``Purpose.MASK`` noise
+    (:func:`mdfast.rng.draw`: keyed per sample when a NoiseKey is active)."""
     mc = move_chance.reshape(-1, *([1] * (x0.dim() - 1))) if move_chance.dim() == 1 else move_chance
-    return torch.where(torch.rand(x0.shape, device=x0.device) < mc, mask_index, x0)
+    u = rng.draw(rng.Purpose.MASK, x0.shape, device=x0.device, generator=generator)
+    return torch.where(u < mc, mask_index, x0)
 
 
 def discretize_t(t: torch.Tensor, T: int) -> torch.Tensor:

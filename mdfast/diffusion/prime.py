@@ -23,7 +23,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from mdfast import ops
+from mdfast import ops, rng
 from mdfast.digits import encode, prime_base, smallest_class
 from mdfast.schedules import LogLinearSchedule, PolynomialSchedule, flip_time, sample_t
 
@@ -112,21 +112,28 @@ class Prime(nn.Module):
         return digit_schedule(t, self.convention, n=self.schedule_n, eps=self.eps)
 
     def noise(
-        self, x0: torch.Tensor, t: torch.Tensor, generator: torch.Generator | None = None
+        self,
+        x0: torch.Tensor,
+        t: torch.Tensor,
+        generator: torch.Generator | None = None,
+        stream: tuple = (),
     ) -> torch.Tensor:
         """Forward process: digits of x0 [B, ...] with each digit masked independently
-        w.p. 1 − α_t (t: [B]). Returns int64[B, ..., ℓ]."""
+        w.p. 1 − α_t (t: [B]). Returns int64[B, ..., ℓ]. The uniforms are ``Purpose.MASK``
+        noise (:func:`mdfast.rng.draw`; ``stream`` ids tell apart several draws of one step)."""
         digits = self.encode(x0)
         alpha, _ = self.schedule(t)
         shape = (x0.shape[0],) + (1,) * (digits.dim() - 1)
-        u = torch.rand(digits.shape, generator=generator, device=digits.device, dtype=torch.float64)
+        u = rng.draw(rng.Purpose.MASK, digits.shape, *stream, device=digits.device,
+                     dtype=torch.float64, generator=generator)  # fmt: skip
         return torch.where(u >= alpha.to(digits.device).view(shape), self.mask_id, digits)
 
     def sample_times(
         self, batch: int, device=None, generator: torch.Generator | None = None
     ) -> torch.Tensor:
         """Stratified (antithetic) times, one per sequence, from :func:`mdfast.schedules.sample_t`
-        (MDLM's: t_k = ε + (1 − ε)(k + u_k)/B), in the convention's training range: [ε, 1) for
+        (MDLM's: t_k = ε + (1 − ε)(k + u_k)/B, strata over the global batch when a NoiseKey is
+        active), in the convention's training range: [ε, 1) for
         mdlm, its flip (0, 1 − ε] for polynomial (where t = 1 is data). Float64, drawn on the CPU
         (``generator`` is a CPU generator), then moved to ``device``."""
         t = sample_t(batch, eps=self.eps, generator=generator, dtype=torch.float64)
@@ -202,7 +209,7 @@ class Prime(nn.Module):
             (bits per token: nll / (L ln 2)).
         """
         b, length = x0.shape
-        u = torch.rand(b, generator=generator, dtype=torch.float64)
+        u = rng.draw(rng.Purpose.TIME, b, "nll", dtype=torch.float64, generator=generator)
         total = torch.zeros(b, dtype=torch.float64)
         for k in range(num_times):
             s = torch.remainder(k / num_times + u, 1.0)
@@ -210,7 +217,7 @@ class Prime(nn.Module):
                 t = s * (1 - self.eps)
             else:
                 t = s.clamp_min(1e-12)
-            digits_t = self.noise(x0, t.to(x0.device), generator=generator)
+            digits_t = self.noise(x0, t.to(x0.device), generator=generator, stream=("nll", k))
             logits = model(digits_t)
             total += self.token_losses(logits, x0, digits_t, t, "elbo").double().sum(1).cpu()
         nll = total / num_times

@@ -37,7 +37,7 @@ import torch
 from mdfast import ops
 from mdfast.integrations._mdlm_backbone import Features, Network
 from mdfast.rng import PhiloxStream
-from mdfast.sampling import schedules
+from mdfast.sampling import remask_rates
 
 REMDM_SAMPLERS = (
     "mdlm",
@@ -195,12 +195,12 @@ def ddpm_update(stepper: Stepper, diffusion, x, t, dt):
 def _remdm_sigma(sampler: str, sampling, a_t: float, a_s: float):
     """ReMDM's (sigma or, for conf, sigma_max) of one step with alpha_t, alpha_s as floats."""
     if sampler == "forward-backward":
-        return schedules.sigma_forward_backward(a_t, a_s)
+        return remask_rates.sigma_forward_backward(a_t, a_s)
     if sampler == "remdm-cap":
-        return schedules.sigma_cap(a_t, a_s, float(sampling.eta))
+        return remask_rates.sigma_cap(a_t, a_s, float(sampling.eta))
     if sampler == "remdm-rescale":
-        return schedules.sigma_rescale(a_t, a_s, float(sampling.eta))
-    return schedules.sigma_max(a_t, a_s)  # remdm-conf
+        return remask_rates.sigma_rescale(a_t, a_s, float(sampling.eta))
+    return remask_rates.sigma_max(a_t, a_s)  # remdm-conf
 
 
 def _loop_step(sampling, time: float, dt: float):
@@ -277,7 +277,7 @@ def dfm_caching_update(stepper: Stepper, diffusion, x, t, p_x0=None):
             dt = 1 / steps
             a_t, a_s = _alphas_from_move_chance(tt, tt - dt)
         else:
-            dt, b = schedules.dfm_step(timestep, steps)
+            dt, b = remask_rates.dfm_step(timestep, steps)
             a_t, a_s = _alphas_from_move_chance(timestep, timestep - dt)
             remask = min(1.0, b * (float(a_s) / float(a_t) - 1))
         cache = stepper.cache_for(diffusion, p_x0, x, sigma_t)

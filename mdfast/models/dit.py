@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mdfast.models.config import configure
+from mdfast.models.dropout import KeyedDropout, name_dropout_streams
 from mdfast.models.embeddings import sinusoidal_embedding
 
 try:  # optional fast path
@@ -152,7 +153,10 @@ class EmbeddingLayer(nn.Module):
         nn.init.kaiming_uniform_(self.embedding, a=math.sqrt(5))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.embedding[x]
+        # F.embedding, not self.embedding[x]: the backward of advanced indexing on CPU is a
+        # parallel index_put_ with atomic float adds, so repeated tokens accumulate in thread
+        # order and two runs differ; embedding's backward sums each row in a fixed order.
+        return F.embedding(x, self.embedding)
 
 
 def _attention(qkv: torch.Tensor, backend: str, causal: bool) -> torch.Tensor:
@@ -182,14 +186,14 @@ class DDiTBlock(nn.Module):
         self.norm1 = LayerNorm(dim)
         self.attn_qkv = nn.Linear(dim, 3 * dim, bias=False)
         self.attn_out = nn.Linear(dim, dim, bias=False)
-        self.dropout1 = nn.Dropout(dropout)
+        self.dropout1 = KeyedDropout(dropout)
         self.norm2 = LayerNorm(dim)
         self.mlp = nn.Sequential(
             nn.Linear(dim, mlp_ratio * dim, bias=True),
             nn.GELU(approximate="tanh"),
             nn.Linear(mlp_ratio * dim, dim, bias=True),
         )
-        self.dropout2 = nn.Dropout(dropout)
+        self.dropout2 = KeyedDropout(dropout)
         self.dropout = dropout
         self.adaLN_modulation = nn.Linear(cond_dim, 6 * dim, bias=True)
         nn.init.zeros_(self.adaLN_modulation.weight)
@@ -259,6 +263,7 @@ class DiT(nn.Module):
             for _ in range(config.n_blocks)
         )
         self.output_layer = DDitFinalLayer(d, config.vocab_size, config.cond_dim)
+        name_dropout_streams(self)
 
     # -- pieces --------------------------------------------------------------------------------
     def embed(self, x: torch.Tensor) -> torch.Tensor:

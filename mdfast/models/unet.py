@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mdfast.models.config import configure
+from mdfast.models.dropout import KeyedDropout, name_dropout_streams
 from mdfast.models.embeddings import sinusoidal_embedding
 
 __all__ = ["UNET_PRESETS", "UNet", "UNetConfig"]
@@ -89,7 +90,7 @@ class ResBlock(nn.Module):
         self.out_layers = nn.Sequential(
             _norm(out_ch),
             nn.SiLU(),
-            nn.Dropout(dropout),
+            KeyedDropout(dropout),
             _zero(nn.Conv2d(out_ch, out_ch, 3, padding=1)),
         )
         self.skip = nn.Identity() if out_ch == ch else nn.Conv2d(ch, out_ch, 1)
@@ -203,6 +204,7 @@ class UNet(nn.Module):
                 self.output_blocks.append(_Seq(layers))
         out_ch = cfg.tokens_per_pixel * cfg.num_classes
         self.out = nn.Sequential(_norm(ch), nn.SiLU(), _zero(nn.Conv2d(ch, out_ch, 3, padding=1)))
+        name_dropout_streams(self)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mdfast.models.config import configure
+from mdfast.models.dropout import KeyedDropout, name_dropout_streams
 from mdfast.models.embeddings import sinusoidal_embedding
 
 __all__ = ["UVIT_PRESETS", "UViT", "UViTConfig"]
@@ -57,7 +58,7 @@ class _Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         hidden = int(dim * mlp_ratio)
         self.mlp = nn.Sequential(
-            nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim)
+            nn.Linear(dim, hidden), nn.GELU(), KeyedDropout(dropout), nn.Linear(hidden, dim)
         )
 
     def forward(self, x, skip=None):
@@ -103,6 +104,7 @@ class UViT(nn.Module):
         self.final_layer = nn.Conv2d(self.mid_ch, cfg.vocab_size, 3, padding=1)
         nn.init.zeros_(self.final_layer.weight)
         nn.init.zeros_(self.final_layer.bias)
+        name_dropout_streams(self)
 
     @property
     def null_class(self) -> int:

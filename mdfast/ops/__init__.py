@@ -1,7 +1,7 @@
 """The op surface of mdfast: thin wrappers over ``torch.ops.mdfast.*``, one module per op family
 as in ``csrc/``:
 
-* :mod:`mdfast.ops.philox` — ``philox4x32``, ``uniform``
+* :mod:`mdfast.ops.philox` — ``philox4x32``, ``uniform``, ``uniform_rows``
 * :mod:`mdfast.ops.masked_ce` — ``masked_ce``, ``linear_masked_ce``
 * :mod:`mdfast.ops.sampling` — ``sample_x0``, ``mask_step``
 * :mod:`mdfast.ops.prime` — ``prime_ce``, ``prime_sample_step``
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from mdfast.ops._validation import get_validation, set_validation, validation
 from mdfast.ops.masked_ce import linear_masked_ce, masked_ce
-from mdfast.ops.philox import philox4x32, uniform
+from mdfast.ops.philox import philox4x32, uniform, uniform_rows
 from mdfast.ops.prime import prime_ce, prime_sample_step
 from mdfast.ops.sampling import mask_step, sample_x0
 
@@ -34,5 +34,6 @@ __all__ = [
     "sample_x0",
     "set_validation",
     "uniform",
+    "uniform_rows",
     "validation",
 ]

@@ -8,7 +8,7 @@ import torch
 from mdfast import _extension, reference
 from mdfast.ops import _checks as check
 
-__all__ = ["philox4x32", "uniform"]
+__all__ = ["philox4x32", "uniform", "uniform_rows"]
 
 
 def check_philox4x32_args(counter: torch.Tensor, key: torch.Tensor) -> None:
@@ -35,6 +35,24 @@ def check_uniform_args(shape, seed, offset, dtype) -> tuple[tuple[int, ...], int
     if any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in shape):
         check.fail(f"argument 'shape' must be non-negative ints, got {shape}", ValueError)
     return shape, seed, offset
+
+
+def check_uniform_rows_args(offsets, n, seed, dtype) -> tuple[int, int]:
+    """The contract of :func:`uniform_rows` (``check_uniform_rows_args`` in philox_args.h);
+    returns (n, seed) as Python ints."""
+    seed = check.arg_int(seed, "seed")
+    if not check.is_int(n):
+        check.fail(f"argument 'n' must be an int, got {type(n).__name__}", TypeError)
+    check.non_negative(n, "n")
+    if dtype not in (torch.float64, torch.float32):
+        check.fail(
+            f"argument 'dtype' must be torch.float64 or torch.float32, got {dtype}", ValueError
+        )
+    if not isinstance(offsets, torch.Tensor):
+        check.fail(f"argument 'offsets' must be a tensor, got {type(offsets).__name__}")
+    check.dtype(offsets, "offsets", torch.int64)
+    check.dim(offsets, "offsets", 1)
+    return int(n), seed
 
 
 def philox4x32(counter: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
@@ -84,6 +102,30 @@ def uniform(
     return reference.uniform(shape, seed, offset, dtype=dtype, device=device)
 
 
+def uniform_rows(
+    offsets: torch.Tensor, n: int, seed: int, dtype: torch.dtype = torch.float64
+) -> torch.Tensor:
+    """Uniforms [R, n], row r from its own stream: row r equals
+    ``uniform((n,), seed, offsets[r])`` bit for bit (on ``offsets``' device).
+
+    One launch draws noise for a set of rows keyed independently (the samples of a batch by
+    their global index: :class:`mdfast.rng.NoiseKey`), so a row's numbers do not depend on which
+    other rows are drawn with it.
+
+    Args:
+        offsets: int64[R], each row's stream offset (read as uint64 bits; not checked on the host).
+        n: numbers per row, >= 0.
+        seed: key of the streams, in [0, 2^63).
+        dtype: torch.float64 (53 bits, default) or torch.float32 (24 bits).
+    """
+    n, seed = check_uniform_rows_args(offsets, n, seed, dtype)
+    if _extension.has_kernel(offsets.device):
+        out = torch.empty((offsets.shape[0], n), dtype=dtype, device=offsets.device)
+        torch.ops.mdfast.uniform_rows_out(out, seed, offsets)
+        return out
+    return reference.uniform_rows(offsets, n, seed, dtype)
+
+
 if _extension.has_ops:
 
     @torch.library.register_fake("mdfast::philox4x32")
@@ -92,5 +134,9 @@ if _extension.has_ops:
         return torch.empty_like(counter)
 
     @torch.library.register_fake("mdfast::uniform_out")
+    def _(out, *_):
+        return None
+
+    @torch.library.register_fake("mdfast::uniform_rows_out")
     def _(out, *_):
         return None

@@ -35,6 +35,11 @@ Time runs on MDLM's grid t_k = linspace(1, eps, T + 1); a step goes t = t_k -> s
   (``"fb"``) and the DFM corrector (``"dfm"``) on MDLM's cached chain with alpha_t = 1 - t.
 * :func:`semi_ar` — semi-autoregressive generation; ``prefix=`` conditions any sampler on fixed
   leading tokens (carry-over keeps them; remasking never touches them).
+* :func:`sample` — any of them by name (``"ddpm_cache"``, ``"remdm-conf"``, ...).
+
+Options: every sampler takes a :class:`SamplerSettings` (validated once, errors name the option)
+or the same options as keywords. alpha(t) comes from :func:`mdfast.schedules.alpha_at`, the ReMDM
+rates from :mod:`mdfast.sampling.remask_rates`.
 
 Set ``MDFAST_NVTX=1`` to wrap the phases in NVTX ranges (``denoise``, ``cache.reuse``,
 ``sample``, ``remask``) for Nsight Systems.
@@ -42,24 +47,36 @@ Set ``MDFAST_NVTX=1`` to wrap the phases in NVTX ranges (``denoise``, ``cache.re
 
 from __future__ import annotations
 
-from mdfast.sampling import schedules
+from mdfast.sampling import remask_rates
 from mdfast.sampling.ancestral import analytic, ddpm, ddpm_cache, first_hitting
 from mdfast.sampling.chain import SampleResult, grid_plan
-from mdfast.sampling.remdm import LOOP_DEFAULTS, REMDM_DEFAULTS, remdm, remdm_plan
-from mdfast.sampling.semi_ar import sample, semi_ar
+from mdfast.sampling.dispatch import sample, sampler_names
+from mdfast.sampling.remdm import remdm, remdm_plan
+from mdfast.sampling.semi_ar import semi_ar
+from mdfast.sampling.settings import LOOP_DEFAULTS, REMDM_DEFAULTS, SamplerSettings
 
 __all__ = [
     "LOOP_DEFAULTS",
     "REMDM_DEFAULTS",
     "SampleResult",
+    "SamplerSettings",
     "analytic",
     "ddpm",
     "ddpm_cache",
     "first_hitting",
     "grid_plan",
+    "remask_rates",
     "remdm",
     "remdm_plan",
     "sample",
-    "schedules",
+    "sampler_names",
     "semi_ar",
 ]
+
+
+def __getattr__(name: str):
+    if name == "schedules":  # the deprecated alias module, imported (and warning) on first use
+        import importlib
+
+        return importlib.import_module("mdfast.sampling.schedules")
+    raise AttributeError(f"module 'mdfast.sampling' has no attribute {name!r}")

@@ -13,7 +13,8 @@ import torch
 
 from mdfast import ops
 from mdfast.rng import PhiloxStream
-from mdfast.sampling import schedules
+from mdfast.sampling.settings import SamplerSettings
+from mdfast.schedules import alpha_at
 
 
 @dataclass
@@ -65,76 +66,61 @@ class _Denoiser:
         return self.model.head(flat) if self.split else flat
 
 
-@dataclass
-class _Opts:
-    mask_index: int
-    temperature: float
-    top_p: float
-    top_k: int
-    nucleus: str
-
-
-def _init_x(batch_size, length, mask_index, prefix, device) -> tuple[torch.Tensor, int]:
-    x = torch.full((batch_size, length), mask_index, dtype=torch.int64, device=device)
-    if prefix is None:
+def _init_x(st: SamplerSettings) -> tuple[torch.Tensor, int]:
+    """The all-mask x [B, L] with the prefix written in, and the prefix length P."""
+    x = torch.full((st.batch_size, st.length), st.mask_index, dtype=torch.int64, device=st.device)
+    if st.prefix is None:
         return x, 0
-    prefix = torch.as_tensor(prefix, dtype=torch.int64, device=device)
+    prefix = torch.as_tensor(st.prefix, dtype=torch.int64, device=st.device)
     if prefix.dim() == 1:
-        prefix = prefix.expand(batch_size, -1)
+        prefix = prefix.expand(st.batch_size, -1)
     P = prefix.shape[1]
-    if P > length or prefix.shape[0] != batch_size:
+    if prefix.dim() != 2 or P > st.length or prefix.shape[0] != st.batch_size:
         raise ValueError(
             "mdfast: argument 'prefix' must be [P] or [B, P] with P <= length, "
             f"got {list(prefix.shape)}"
         )
-    if bool((prefix == mask_index).any()):
+    if bool((prefix == st.mask_index).any()):
         raise ValueError("mdfast: argument 'prefix' must not contain the mask id")
     x[:, :P] = prefix
     return x, P
 
 
-def _draw_rows(den, out, x, rows, opts, rng, conf=None):
-    """Draw x0 for flattened positions ``rows`` of x (in place) from a denoiser output."""
-    logits = den.rows(out, rows)
-    tok, prob = ops.sample_x0(
-        logits,
-        None,
-        temperature=opts.temperature,
-        top_p=opts.top_p,
-        top_k=opts.top_k,
-        exclude_index=opts.mask_index,
-        nucleus=opts.nucleus,
+def _draw_kw(st: SamplerSettings, rng: PhiloxStream, temperature: float | None = None) -> dict:
+    """Keyword arguments of :func:`mdfast.ops.sample_x0` for one call."""
+    return {
+        "temperature": st.temperature if temperature is None else temperature,
+        "top_p": st.top_p,
+        "top_k": st.top_k,
+        "exclude_index": st.mask_index,
+        "nucleus": st.nucleus,
         **_rng_kw(rng),
-    )
+    }
+
+
+def _draw_rows(den, out, x, rows, st, rng, conf=None):
+    """Draw x0 for flattened positions ``rows`` of x (in place) from a denoiser output."""
+    tok, prob = ops.sample_x0(den.rows(out, rows), None, **_draw_kw(st, rng))
     x.view(-1)[rows] = tok
     if conf is not None:
         conf.view(-1)[rows] = -prob
 
 
-def _noise_removal(den, out, x, t_final, opts, rng, sample: bool = False):
+def _noise_removal(den, out, x, t_final, st, rng, sample: bool = False):
     """MDLM's final step: every position still masked takes the argmax of its x0 distribution
     (SEDD's denoiser step samples it instead)."""
-    rows = (x == opts.mask_index).reshape(-1).nonzero()[:, 0]
+    rows = (x == st.mask_index).reshape(-1).nonzero()[:, 0]
     if rows.numel() == 0:
         return out
     if out is None:
         out = den(x, t_final)
-    logits = den.rows(out, rows)
-    tok, _ = ops.sample_x0(
-        logits,
-        None,
-        temperature=opts.temperature if sample else 0.0,
-        top_p=opts.top_p,
-        top_k=opts.top_k,
-        exclude_index=opts.mask_index,
-        nucleus=opts.nucleus,
-        **_rng_kw(rng),
-    )
+    temperature = None if sample else 0.0
+    tok, _ = ops.sample_x0(den.rows(out, rows), None, **_draw_kw(st, rng, temperature))
     x.view(-1)[rows] = tok
     return out
 
 
-def _chain(den, x, plan, *, opts, rng, cache, prefix_len, conf_mode=False, per_row=False):
+def _chain(den, x, plan, *, st, rng, cache, prefix_len, conf_mode=False, per_row=False):
     """Run reverse steps ``plan`` = [(t, s, alpha_t, alpha_s, sigma)] with sigma None (MDLM),
     a float, or (conf_mode) sigma_max of ReMDM-conf. Returns (x, last denoiser output or None).
     ``per_row``: refresh the cached output only for the batch rows whose x changed (written in
@@ -168,29 +154,29 @@ def _chain(den, x, plan, *, opts, rng, cache, prefix_len, conf_mode=False, per_r
                 x_next, changed, conf_new = ops.mask_step(
                     x,
                     None,
-                    mask_index=opts.mask_index,
+                    mask_index=st.mask_index,
                     alpha_t=a_t,
                     alpha_s=a_s,
                     remask=remask,
                     confidence=conf,
                     **_rng_kw(rng),
                 )
-                rows = (changed & (x == opts.mask_index)).reshape(-1).nonzero()[:, 0]
+                rows = (changed & (x == st.mask_index)).reshape(-1).nonzero()[:, 0]
                 if rows.numel():
-                    _draw_rows(den, out, x_next, rows, opts, rng, conf_new if conf_mode else None)
+                    _draw_rows(den, out, x_next, rows, st, rng, conf_new if conf_mode else None)
             else:
                 x_next, changed, conf_new = ops.mask_step(
                     x,
                     out,
-                    mask_index=opts.mask_index,
+                    mask_index=st.mask_index,
                     alpha_t=a_t,
                     alpha_s=a_s,
                     remask=remask,
                     confidence=conf,
-                    temperature=opts.temperature,
-                    top_p=opts.top_p,
-                    top_k=opts.top_k,
-                    nucleus=opts.nucleus,
+                    temperature=st.temperature,
+                    top_p=st.top_p,
+                    top_k=st.top_k,
+                    nucleus=st.nucleus,
                     **_rng_kw(rng),
                 )
         if conf_mode:
@@ -220,32 +206,14 @@ def _grid(steps: int, eps: float) -> list[tuple[float, float]]:
     return list(itertools.pairwise(ts))
 
 
-def _common(
-    model,
-    batch_size,
-    length,
-    mask_index,
-    prefix,
-    device,
-    seed,
-    time_conditioned,
-    temperature,
-    top_p,
-    top_k,
-    nucleus,
-):
-    den = _Denoiser(model, time_conditioned)
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"mdfast: argument 'seed' must be a non-negative int, got {seed!r}")
-    rng = PhiloxStream(seed)
-    x, P = _init_x(batch_size, length, mask_index, prefix, device)
-    opts = _Opts(mask_index, temperature, top_p, top_k, nucleus)
-    return den, rng, x, P, opts
+def _start(model, st: SamplerSettings, time_conditioned: bool):
+    """(denoiser wrapper, Philox cursor of ``st.seed``, initial x, prefix length)."""
+    x, P = _init_x(st)
+    return _Denoiser(model, time_conditioned), PhiloxStream(st.seed), x, P
 
 
 def grid_plan(steps: int, schedule: str, eps: float = 1e-5):
     """The steps (t, s, alpha_t, alpha_s, None) of the MDLM chain on linspace(1, eps, T + 1)."""
     return [
-        (t, s, schedules.alpha(t, schedule), schedules.alpha(s, schedule), None)
-        for t, s in _grid(steps, eps)
+        (t, s, alpha_at(t, schedule), alpha_at(s, schedule), None) for t, s in _grid(steps, eps)
     ]

@@ -3,37 +3,24 @@ correctors, as step plans run by the shared chain."""
 
 from __future__ import annotations
 
-from mdfast.sampling import schedules
-from mdfast.sampling.chain import SampleResult, _chain, _common, _grid, _noise_removal
+from mdfast.sampling import remask_rates
+from mdfast.sampling.chain import SampleResult, _chain, _grid, _noise_removal, _start
+from mdfast.sampling.settings import (
+    LOOP_DEFAULTS,
+    REMDM_DEFAULTS,
+    REMDM_STRATEGIES,
+    SamplerSettings,
+    settings_for,
+)
+from mdfast.schedules import alpha_at
 
-REMDM_DEFAULTS = {"cap": 0.008, "rescale": 0.015, "loop": 0.02}
-LOOP_DEFAULTS = {"t_on": 0.55, "t_off": 0.05, "alpha_on": 0.9}
+__all__ = ["LOOP_DEFAULTS", "REMDM_DEFAULTS", "remdm", "remdm_plan"]
+
+REMDM_OPTIONS = ("strategy", "eta", "t_on", "t_off", "alpha_on", "time_conditioned",
+                 "per_row_cache")  # fmt: skip
 
 
-def remdm(
-    model,
-    *,
-    batch_size: int,
-    length: int,
-    mask_index: int,
-    steps: int,
-    strategy: str = "cap",
-    eta: float | None = None,
-    t_on: float = LOOP_DEFAULTS["t_on"],
-    t_off: float = LOOP_DEFAULTS["t_off"],
-    alpha_on: float = LOOP_DEFAULTS["alpha_on"],
-    seed: int = 0,
-    eps: float = 1e-5,
-    noise_removal: bool = True,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    top_k: int = 0,
-    nucleus: str = "remdm",
-    prefix=None,
-    time_conditioned: bool = False,
-    per_row_cache: bool = False,
-    device=None,
-) -> SampleResult:
+def remdm(model, settings: SamplerSettings | None = None, /, **options) -> SampleResult:
     """ReMDM samplers on MDLM's cached chain with alpha_t = 1 - t. A decoded position remasks
     with probability sigma_t; a masked one unmasks with (alpha_s - (1 - sigma_t) alpha_t) /
     (1 - alpha_t). ``strategy``:
@@ -54,44 +41,31 @@ def remdm(
 
     sigma is clamped to [0, 1] and the unmask probability to [0, 1] where a strategy leaves
     ReMDM's valid range. ``per_row_cache`` as in :func:`ddpm_cache`."""
-    if strategy not in ("cap", "rescale", "conf", "loop", "fb", "dfm"):
-        raise ValueError(
-            "mdfast: argument 'strategy' must be one of cap, rescale, conf, loop, fb, dfm, "
-            f"got {strategy!r}"
-        )
-    if eta is None:
-        eta = REMDM_DEFAULTS.get(strategy, 0.0)
-    if not 0.0 <= eta <= 1.0:
-        raise ValueError(f"mdfast: argument 'eta' must be in [0, 1], got {eta}")
-    den, rng, x, P, opts = _common(
-        model,
-        batch_size,
-        length,
-        mask_index,
-        prefix,
-        device,
-        seed,
-        time_conditioned,
-        temperature,
-        top_p,
-        top_k,
-        nucleus,
+    st = settings_for("remdm", settings, options, *REMDM_OPTIONS)
+    tc = bool(st.time_conditioned)
+    den, rng, x, P = _start(model, st, tc)
+    plan = remdm_plan(
+        st.strategy,
+        st.steps,
+        eta=st.remdm_eta,
+        t_on=st.t_on,
+        t_off=st.t_off,
+        alpha_on=st.alpha_on,
+        eps=st.eps,
     )
-    plan = remdm_plan(strategy, steps, eta=eta, t_on=t_on, t_off=t_off, alpha_on=alpha_on, eps=eps)
-    grid_end = plan[-1][1]
     x, out = _chain(
         den,
         x,
         plan,
-        opts=opts,
+        st=st,
         rng=rng,
-        cache=not time_conditioned,
+        cache=not tc,
         prefix_len=P,
-        conf_mode=strategy == "conf",
-        per_row=per_row_cache,
+        conf_mode=st.strategy == "conf",
+        per_row=st.per_row_cache,
     )
-    if noise_removal:
-        _noise_removal(den, out, x, grid_end, opts, rng)
+    if st.noise_removal:
+        _noise_removal(den, out, x, plan[-1][1], st, rng)
     return SampleResult(x, den.calls, len(plan), den.sequences)
 
 
@@ -107,9 +81,14 @@ def remdm_plan(
 ) -> list[tuple[float, float, float, float, float | None]]:
     """The steps (t, s, alpha_t, alpha_s, sigma) :func:`remdm` takes for ``strategy`` (for
     ``"conf"``, sigma is sigma_max, spread over positions by confidence at run time)."""
+    if strategy not in REMDM_STRATEGIES:
+        raise ValueError(
+            f"mdfast: argument 'strategy' must be one of {', '.join(REMDM_STRATEGIES)}, "
+            f"got {strategy!r}"
+        )
     if eta is None:
         eta = REMDM_DEFAULTS.get(strategy, 0.0)
-    alpha = schedules.alpha
+    alpha = alpha_at
     plan = []
     if strategy == "dfm":
         t = 1.0
@@ -117,7 +96,7 @@ def remdm_plan(
         plan.append((t, t - dt, 0.0, alpha(t - dt, "linear"), None))
         t -= dt
         while t > dt:
-            dt, b = schedules.dfm_step(t, steps)
+            dt, b = remask_rates.dfm_step(t, steps)
             s = max(t - dt, 0.0)
             a_t, a_s = alpha(t, "linear"), alpha(s, "linear")
             plan.append((t, s, a_t, a_s, min(1.0, b * (a_s - a_t) / a_t)))
@@ -126,19 +105,19 @@ def remdm_plan(
         grid = _grid(steps, eps)
         for t, s in grid:
             if strategy == "loop":
-                a_t = schedules.loop_alpha(t, t_on, t_off, alpha_on)
-                a_s = max(a_t, schedules.loop_alpha(s, t_on, t_off, alpha_on))
+                a_t = remask_rates.loop_alpha(t, t_on, t_off, alpha_on)
+                a_s = max(a_t, remask_rates.loop_alpha(s, t_on, t_off, alpha_on))
                 # the loop phase remasks at eta, capped at sigma_max on the step that leaves it
-                sigma = min(eta, schedules.sigma_max(a_t, a_s)) if t_off < t <= t_on else None
+                sigma = min(eta, remask_rates.sigma_max(a_t, a_s)) if t_off < t <= t_on else None
             else:
                 a_t, a_s = alpha(t, "linear"), alpha(s, "linear")
                 if strategy == "cap":
-                    sigma = schedules.sigma_cap(a_t, a_s, eta)
+                    sigma = remask_rates.sigma_cap(a_t, a_s, eta)
                 elif strategy == "rescale":
-                    sigma = schedules.sigma_rescale(a_t, a_s, eta)
+                    sigma = remask_rates.sigma_rescale(a_t, a_s, eta)
                 elif strategy == "conf":
-                    sigma = schedules.sigma_max(a_t, a_s)
+                    sigma = remask_rates.sigma_max(a_t, a_s)
                 else:
-                    sigma = schedules.sigma_forward_backward(a_t, a_s)
+                    sigma = remask_rates.sigma_forward_backward(a_t, a_s)
             plan.append((t, s, a_t, a_s, sigma))
     return plan

@@ -5,7 +5,8 @@ dataset in the order ``randperm(n, seed + e)`` and step ``s`` takes global sampl
 ``[s·B, (s+1)·B)`` of that concatenated stream. Rank ``r`` of ``W`` takes the ``r``-th slice of
 ``B/W`` samples and splits it into ``grad_accum`` micro-batches. So one process and ``W``
 processes with the same global batch see the same samples, and resuming at step ``s`` needs only
-``s`` (the "data position" stored in checkpoints).
+``s`` (the "data position" stored in checkpoints). :meth:`StepBatches.batch_positions` gives a
+micro-batch's positions in its global batch, which key the samples' noise.
 """
 
 from __future__ import annotations
@@ -78,10 +79,16 @@ class StepBatches:
                 self._perms[epoch] = torch.arange(self.n)
         return self._perms[epoch]
 
+    def batch_positions(self, step: int, micro: int) -> torch.Tensor:
+        """int64[micro]: where this rank's micro-batch ``micro`` sits in the step's global batch
+        (indices in [0, global_batch)); the same sample has the same position on any number of
+        ranks and micro-batches, which keys its noise (:class:`mdfast.rng.NoiseKey`)."""
+        start = self.rank * (self.global_batch // self.world) + micro * self.micro
+        return torch.arange(start, start + self.micro)
+
     def indices(self, step: int, micro: int) -> torch.Tensor:
-        start = step * self.global_batch + self.rank * (self.global_batch // self.world)
-        start += micro * self.micro
-        pos = torch.arange(start, start + self.micro)
+        """Dataset rows of this rank's micro-batch ``micro`` of global step ``step``."""
+        pos = step * self.global_batch + self.batch_positions(step, micro)
         epochs, offs = pos // self.n, pos % self.n
         out = torch.empty_like(pos)
         for e in epochs.unique().tolist():

@@ -6,15 +6,25 @@
 
 - Launch: plain ``python`` (one process) or ``torchrun --nproc_per_node=N`` (DDP; ``gloo`` on CPU,
   ``nccl`` on GPU). The global batch ``cfg.batch_size`` is split across ranks and
-  ``cfg.grad_accum`` micro-batches (see :mod:`mdfast.train.data`), so results do not depend on
-  the split (up to float summation order).
+  ``cfg.grad_accum`` micro-batches (see :mod:`mdfast.train.data`).
+- Noise: every micro-batch runs under a :class:`mdfast.rng.NoiseKey` (``cfg.seed``, global step,
+  the samples' positions in the global batch), so the objectives' draws (t, masks, ε, label
+  drop) and keyed dropout are the same for a sample whatever the number of ranks and
+  micro-batches: 1 and N processes compute the same losses up to float summation order (the
+  token mean and the gradient all-reduce add in another order). torch's own generator is seeded
+  per rank and only serves code that draws without a key.
+- Reproducible: on CPU two runs with the same seed are bit-identical at any thread count;
+  ``deterministic=True`` also asks torch for deterministic kernels
+  (``torch.use_deterministic_algorithms``, ``CUBLAS_WORKSPACE_CONFIG=:4096:8``, cuDNN
+  deterministic) for GPU runs, restored when ``train`` returns.
 - bf16 autocast (``precision="bf16"``), gradient clipping, linear warm-up then constant or cosine
   LR, EMA, optional ``torch.compile``.
 - Checkpoints (atomic, see :mod:`mdfast.train.checkpoint`) hold the objective's state, EMA,
   optimiser, LR scheduler, step, every rank's RNG states and the data position; ``resume``
   (``"auto"`` = latest in ``out_dir``, or a path) continues exactly.
-- Logs: a progress line (loss, samples/s, tokens/s) on rank 0, ``log.csv`` in ``out_dir``,
-  TensorBoard when ``torch.utils.tensorboard`` imports, wandb when ``cfg.wandb`` and installed.
+- Logs (:mod:`mdfast.train.logs`): a progress line (loss, samples/s, tokens/s) on rank 0,
+  ``log.csv`` in ``out_dir``, TensorBoard when ``torch.utils.tensorboard`` imports, wandb when
+  ``cfg.wandb`` and installed.
 - ``MDFAST_NVTX=1`` wraps forward/backward/step in NVTX ranges (CUDA only).
 - A non-finite loss raises :class:`NonFiniteLossError` with the step number before the optimiser
   step; no checkpoint is written, so the last one stays intact.
@@ -23,22 +33,23 @@
 from __future__ import annotations
 
 import contextlib
-import csv
 import math
 import os
-import random
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from mdfast import rng
 from mdfast.train import checkpoint as ckpt_io
+from mdfast.train import runtime
 from mdfast.train.data import StepBatches
 from mdfast.train.ema import EMA
+from mdfast.train.logs import Progress, RunLog
+from mdfast.train.runtime import setup_distributed
 
 __all__ = ["NonFiniteLossError", "TrainConfig", "train"]
 
@@ -75,32 +86,12 @@ class TrainConfig:
     wandb: bool = False
     device: str = ""  # "" = cuda:<local_rank> when available, else cpu
     fsdp: bool = False  # FSDP2 (fully_shard per transformer block + root) instead of DDP
+    deterministic: bool = False  # torch.use_deterministic_algorithms (for GPU kernels)
 
 
 # ---------------------------------------------------------------------------------------------
-
-
-def _dist_env() -> tuple[int, int, int]:
-    return (
-        int(os.environ.get("RANK", 0)),
-        int(os.environ.get("WORLD_SIZE", 1)),
-        int(os.environ.get("LOCAL_RANK", 0)),
-    )
-
-
-def setup_distributed(device: str = "") -> tuple[int, int, torch.device]:
-    rank, world, local = _dist_env()
-    if device:
-        dev = torch.device(device)
-    elif torch.cuda.is_available():
-        dev = torch.device("cuda", local)
-    else:
-        dev = torch.device("cpu")
-    if dev.type == "cuda":
-        torch.cuda.set_device(dev)
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
-    return rank, world, dev
+# Pieces
+# ---------------------------------------------------------------------------------------------
 
 
 def _to(batch, dev):
@@ -140,344 +131,290 @@ def lr_lambda(cfg: TrainConfig):
     return f
 
 
-def _rng_state(dev: torch.device) -> dict:
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None,
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),  # noqa: NPY002
-    }
-
-
-def _set_rng_state(state: dict, dev: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    if state.get("cuda") is not None and dev.type == "cuda":
-        torch.cuda.set_rng_state(state["cuda"], dev)
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])  # noqa: NPY002
-
-
-class _Progress:
-    def __init__(self, total: int, enabled: bool):
-        self.total = total
-        self.enabled = enabled
-        self.tty = sys.stderr.isatty()
-        self.t0 = time.perf_counter()
-        self.samples = 0
-        self.tokens = 0
-
-    def update(self, step, loss, samples, tokens, force=False):
-        self.samples += samples
-        self.tokens += tokens
-        if not self.enabled or not (self.tty or force):
-            return
-        dt = max(time.perf_counter() - self.t0, 1e-9)
-        width = 24
-        done = int(width * step / max(1, self.total))
-        bar = "#" * done + "." * (width - done)
-        msg = (
-            f"[{bar}] {step}/{self.total} loss {loss:.4f} | {self.samples / dt:,.1f} samples/s"
-            + (f" | {self.tokens / dt:,.0f} tok/s" if self.tokens else "")
-        )
-        sys.stderr.write(("\r" + msg) if self.tty else (msg + "\n"))
-        sys.stderr.flush()
-
-    def close(self):
-        if self.enabled and self.tty:
-            sys.stderr.write("\n")
-
-
-class _Logs:
-    def __init__(self, cfg: TrainConfig, resume_step: int, enabled: bool):
-        self.enabled = enabled
-        self.path = os.path.join(cfg.out_dir, "log.csv")
-        self.fields: list[str] | None = None
-        self.tb = None
-        self.wandb = None
-        if not enabled:
-            return
-        os.makedirs(cfg.out_dir, exist_ok=True)
-        if os.path.exists(self.path):
-            # drop rows logged after the checkpoint we resume from (a killed run's tail)
-            with open(self.path, newline="") as f:
-                rows = list(csv.DictReader(f))
-            if rows:
-                self.fields = list(rows[0].keys())
-            # a row torn by a kill has missing fields: drop it with the rows after the resume
-            keep = [
-                r
-                for r in rows
-                if None not in r.values() and "" not in r.values() and int(r["step"]) <= resume_step
-            ]
-            with open(self.path, "w", newline="") as f:
-                if self.fields:
-                    w = csv.DictWriter(f, fieldnames=self.fields)
-                    w.writeheader()
-                    w.writerows(keep)
-        if cfg.tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.tb = SummaryWriter(os.path.join(cfg.out_dir, "tb"))
-            except Exception:
-                self.tb = None
-        if cfg.wandb:
-            try:
-                import wandb
-
-                self.wandb = wandb.init(project="mdfast", config=asdict(cfg), dir=cfg.out_dir)
-            except Exception:
-                self.wandb = None
-
-    def write(self, row: dict) -> None:
-        if not self.enabled:
-            return
-        if self.fields is None:
-            self.fields = list(row)
-            with open(self.path, "w", newline="") as f:
-                csv.DictWriter(f, fieldnames=self.fields).writeheader()
-        with open(self.path, "a", newline="") as f:
-            csv.DictWriter(f, fieldnames=self.fields, extrasaction="ignore").writerow(row)
-        step = row["step"]
-        for k, v in row.items():
-            if k != "step" and isinstance(v, float):
-                if self.tb is not None:
-                    self.tb.add_scalar(k, v, step)
-        if self.wandb is not None:
-            self.wandb.log(row, step=step)
-
-    def close(self):
-        if self.tb is not None:
-            self.tb.close()
-        if self.wandb is not None:
-            self.wandb.finish()
+def _validate(cfg: TrainConfig) -> None:
+    if cfg.precision not in ("fp32", "bf16"):
+        raise ValueError(f"mdfast: unknown precision '{cfg.precision}'; valid: ['bf16', 'fp32']")
+    lr_lambda(cfg)(0)  # validates lr_schedule
 
 
 def _nvtx(name: str, on: bool):
     return torch.cuda.nvtx.range(name) if on else contextlib.nullcontext()
 
 
-def _unwrap(m: nn.Module) -> nn.Module:
-    m = getattr(m, "_orig_mod", m)
-    return m.module if isinstance(m, nn.parallel.DistributedDataParallel) else m
+@dataclass
+class _StepTotals:
+    """Sums over one step's micro-batches on this rank."""
+
+    loss: torch.Tensor
+    metrics: dict
+    samples: int = 0
+    tokens: int = 0
 
 
-def _apply_fsdp(objective: nn.Module, world: int) -> None:
-    """FSDP2: shard every block of every ``blocks`` ModuleList, then the root."""
-    from torch.distributed.fsdp import fully_shard
-
-    if world < 2:
-        raise ValueError("mdfast: 'fsdp' needs torchrun with at least 2 processes")
-    for m in objective.modules():
-        blocks = getattr(m, "blocks", None)
-        if isinstance(blocks, nn.ModuleList):
-            for b in blocks:
-                fully_shard(b)
-    fully_shard(objective)
+# ---------------------------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------------------------
 
 
-def train(objective: nn.Module, dataset, cfg: TrainConfig, *, full_config: dict | None = None):
-    """Train ``objective`` on ``dataset``; returns ``{"step", "losses", "checkpoint"}``.
+class _Run:
+    """One training run; each method is one phase of :func:`train`."""
 
-    ``losses`` are the per-step global mean losses of this invocation (all ranks agree).
-    """
-    rank, world, dev = setup_distributed(cfg.device)
-    if cfg.precision not in ("fp32", "bf16"):
-        raise ValueError(f"mdfast: unknown precision '{cfg.precision}'; valid: ['bf16', 'fp32']")
-    lr_lambda(cfg)(0)  # validates lr_schedule
-    if cfg.micro_batch_size > 0:
-        cfg.grad_accum = max(1, cfg.batch_size // (world * cfg.micro_batch_size))
-    objective.to(dev)
-    if cfg.fsdp:
-        _apply_fsdp(objective, world)
-    data = StepBatches(dataset, cfg.batch_size, cfg.grad_accum, rank, world, cfg.seed)
-    params = [p for p in objective.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(
-        params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay
-    )
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
-    ema = EMA(objective, cfg.ema, cfg.ema_warmup) if cfg.ema > 0 else None
+    def __init__(self, objective: nn.Module, dataset, cfg: TrainConfig, full_config):
+        _validate(cfg)
+        self.cfg, self.full_config = cfg, full_config
+        self.rank, self.world, self.dev = setup_distributed(cfg.device)
+        if cfg.micro_batch_size > 0:
+            cfg.grad_accum = max(1, cfg.batch_size // (self.world * cfg.micro_batch_size))
+        self.objective = objective.to(self.dev)
+        if cfg.fsdp:
+            runtime.apply_fsdp(objective, self.world)
+        self.data = StepBatches(dataset, cfg.batch_size, cfg.grad_accum, self.rank, self.world,
+                                cfg.seed)  # fmt: skip
+        self._build_optimizer()
+        self.start, self.last_ckpt = self._resume()
+        self.model = self._wrap()
+        self.nvtx = os.environ.get("MDFAST_NVTX", "0") == "1" and self.dev.type == "cuda"
 
-    start = 0
-    resume_path = None
-    if cfg.resume:
-        resume_path = ckpt_io.latest_checkpoint(cfg.out_dir) if cfg.resume == "auto" else cfg.resume
-    if resume_path:
-        state = ckpt_io.load(resume_path)
+    # -- setup ---------------------------------------------------------------------------------
+
+    def _build_optimizer(self) -> None:
+        cfg = self.cfg
+        self.params = [p for p in self.objective.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(
+            self.params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay
+        )
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(cfg))
+        self.ema = EMA(self.objective, cfg.ema, cfg.ema_warmup) if cfg.ema > 0 else None
+
+    def _resume(self) -> tuple[int, str | None]:
+        """Load the checkpoint ``cfg.resume`` names, if any: (start step, its path)."""
+        cfg = self.cfg
+        path = None
+        if cfg.resume:
+            path = ckpt_io.latest_checkpoint(cfg.out_dir) if cfg.resume == "auto" else cfg.resume
+        if not path:
+            runtime.seed_fallback_rngs(cfg.seed, self.rank)
+            return 0, None
+        state = ckpt_io.load(path)
+        self._check_resumable(state, path)
+        self._load_training_state(state)
+        start = int(state["step"])
+        self._restore_fallback_rngs(state["rng"], start)
+        return start, path
+
+    def _check_resumable(self, state: dict, path: str) -> None:
+        cfg = self.cfg
         if cfg.fsdp != bool(state.get("fsdp", False)):
             raise ckpt_io.CheckpointError(
-                f"mdfast: checkpoint {resume_path} was written with fsdp={state.get('fsdp', False)}"
+                f"mdfast: checkpoint {path} was written with fsdp={state.get('fsdp', False)}"
                 f", this run uses fsdp={cfg.fsdp}"
             )
-        if cfg.fsdp:
+        if state["data"].get("global_batch") != cfg.batch_size:
+            raise ckpt_io.CheckpointError(
+                f"mdfast: checkpoint {path} was written with batch_size "
+                f"{state['data'].get('global_batch')}, this run uses {cfg.batch_size}"
+            )
+
+    def _load_training_state(self, state: dict) -> None:
+        if self.cfg.fsdp:
             from torch.distributed.checkpoint.state_dict import (
-                StateDictOptions,
                 set_model_state_dict,
                 set_optimizer_state_dict,
             )
 
-            opts = StateDictOptions(full_state_dict=True)
-            set_model_state_dict(objective, state["model"], options=opts)
-            set_optimizer_state_dict(objective, opt, state["optimizer"], options=opts)
+            opts = runtime.full_state_dict_options()
+            set_model_state_dict(self.objective, state["model"], options=opts)
+            set_optimizer_state_dict(self.objective, self.opt, state["optimizer"], options=opts)
         else:
-            objective.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        if ema is not None and state.get("ema") is not None:
-            ema.load_state_dict(state["ema"])
-        start = int(state["step"])
-        if state["data"].get("global_batch") != cfg.batch_size:
-            raise ckpt_io.CheckpointError(
-                f"mdfast: checkpoint {resume_path} was written with batch_size "
-                f"{state['data'].get('global_batch')}, this run uses {cfg.batch_size}"
+            self.objective.load_state_dict(state["model"])
+            self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        if self.ema is not None and state.get("ema") is not None:
+            self.ema.load_state_dict(state["ema"])
+
+    def _restore_fallback_rngs(self, rngs: list, start: int) -> None:
+        if len(rngs) == self.world:
+            runtime.set_rng_state(rngs[self.rank], self.dev)
+            return
+        if self.rank == 0:
+            print(
+                f"mdfast: checkpoint has RNG states for {len(rngs)} ranks, running {self.world}: "
+                "reseeding torch's generator (keyed noise is unaffected)",
+                file=sys.stderr,
             )
-        rngs = state["rng"]
-        if len(rngs) == world:
-            _set_rng_state(rngs[rank], dev)
-        else:
-            if rank == 0:
-                print(
-                    f"mdfast: checkpoint has RNG states for {len(rngs)} ranks, running {world}: "
-                    "reseeding (resume is not bit-exact)",
-                    file=sys.stderr,
-                )
-            torch.manual_seed(cfg.seed * 7919 + start * 31 + rank)
-    else:
-        torch.manual_seed(cfg.seed * 7919 + rank)
-        random.seed(cfg.seed + rank)
-        np.random.seed((cfg.seed + rank) % 2**32)  # noqa: NPY002
+        runtime.seed_fallback_rngs(self.cfg.seed, self.rank, start)
 
-    model: nn.Module = objective
-    if world > 1 and not cfg.fsdp:
-        model = nn.parallel.DistributedDataParallel(
-            objective, device_ids=[dev.index] if dev.type == "cuda" else None
+    def _wrap(self) -> nn.Module:
+        model: nn.Module = self.objective
+        if self.world > 1 and not self.cfg.fsdp:
+            model = nn.parallel.DistributedDataParallel(
+                self.objective, device_ids=[self.dev.index] if self.dev.type == "cuda" else None
+            )
+        if self.cfg.compile:
+            model = torch.compile(model)
+        return model
+
+    # -- one step ------------------------------------------------------------------------------
+
+    def _noise_key(self, step: int, micro: int) -> rng.NoiseKey:
+        index = self.data.batch_positions(step, micro)
+        return rng.NoiseKey(self.cfg.seed, step, index, self.cfg.batch_size)
+
+    def _sync_context(self, micro: int):
+        """Gradient all-reduce only on the last micro-batch."""
+        sync = micro == self.cfg.grad_accum - 1 or self.world == 1
+        if self.cfg.fsdp:
+            self.objective.set_requires_gradient_sync(sync)
+            return contextlib.nullcontext()
+        return contextlib.nullcontext() if sync else self.model.no_sync()
+
+    def _forward_backward(self, step: int) -> _StepTotals:
+        cfg = self.cfg
+        autocast = (
+            torch.autocast(self.dev.type, dtype=torch.bfloat16)
+            if cfg.precision == "bf16"
+            else contextlib.nullcontext()
         )
-    if cfg.compile:
-        model = torch.compile(model)
+        totals = _StepTotals(torch.zeros((), device=self.dev, dtype=torch.float64), {})
+        for micro in range(cfg.grad_accum):
+            batch = _to(self.data.get(step, micro), self.dev)
+            totals.samples += self.data.micro
+            totals.tokens += _count_tokens(batch)
+            with self._sync_context(micro), rng.noise_key(self._noise_key(step, micro)):
+                with _nvtx("forward", self.nvtx), autocast:
+                    loss, metrics = self.model(batch)
+                with _nvtx("backward", self.nvtx):
+                    (loss / cfg.grad_accum).backward()
+            totals.loss += loss.detach().double()
+            for k, v in (metrics or {}).items():
+                v = torch.as_tensor(v, device=self.dev, dtype=torch.float64).detach()
+                totals.metrics[k] = totals.metrics.get(k, 0) + v
+        return totals
 
-    nvtx_on = os.environ.get("MDFAST_NVTX", "0") == "1" and dev.type == "cuda"
-    autocast = (
-        torch.autocast(dev.type, dtype=torch.bfloat16)
-        if cfg.precision == "bf16"
-        else contextlib.nullcontext()
-    )
-    logs = _Logs(cfg, start, enabled=rank == 0)
-    bar = _Progress(cfg.steps, enabled=rank == 0 and cfg.progress)
-    losses: list[float] = []
-    last_ckpt = resume_path
-    objective.train()
+    def _global_loss(self, totals: _StepTotals, step: int) -> float:
+        """The step's loss averaged over micro-batches and ranks; raises if it is not finite."""
+        loss = totals.loss / self.cfg.grad_accum
+        if self.world > 1:
+            dist.all_reduce(loss)
+            loss /= self.world
+        value = float(loss)
+        if not math.isfinite(value):
+            raise NonFiniteLossError(
+                f"mdfast: non-finite loss ({value}) at step {step + 1}; stopped before the "
+                f"optimiser step. Last checkpoint: {self.last_ckpt or 'none'} (intact)"
+            )
+        return value
 
-    def save(step: int) -> str | None:
-        rng = [_rng_state(dev)]
-        if world > 1:
-            gathered: list = [None] * world
-            dist.all_gather_object(gathered, rng[0])
-            rng = gathered
-        path = None
+    def _optimizer_step(self) -> torch.Tensor:
+        """Clip, step, schedule, zero the gradients, update the EMA; returns the grad norm."""
+        with _nvtx("optimizer", self.nvtx):
+            clip = self.cfg.clip
+            gnorm = (
+                torch.nn.utils.clip_grad_norm_(self.params, clip) if clip > 0 else torch.zeros(())
+            )
+            self.opt.step()
+            self.sched.step()
+            self.opt.zero_grad(set_to_none=True)
+            if self.ema is not None:
+                self.ema.update()
+        return gnorm
+
+    def _log_row(self, done: int, loss: float, lr: float, gnorm, totals: _StepTotals, dt: float):
+        row = {
+            "step": done,
+            "loss": loss,
+            "lr": lr,
+            "grad_norm": float(gnorm),
+            "samples_per_s": totals.samples * self.world / dt,
+        }
+        if totals.tokens:
+            row["tokens_per_s"] = totals.tokens * self.world / dt
+        for k, v in totals.metrics.items():
+            row[k] = float(v / self.cfg.grad_accum)
+        return row
+
+    # -- checkpoints ---------------------------------------------------------------------------
+
+    def _save(self, step: int) -> str | None:
+        """Write the checkpoint of ``step`` (collective: every rank calls it); rank 0's path."""
+        cfg = self.cfg
+        rngs = [runtime.rng_state(self.dev)]
+        if self.world > 1:
+            gathered: list = [None] * self.world
+            dist.all_gather_object(gathered, rngs[0])
+            rngs = gathered
         if cfg.fsdp:  # collective: every rank takes part in gathering the full state
             from torch.distributed.checkpoint.state_dict import (
-                StateDictOptions,
                 get_model_state_dict,
                 get_optimizer_state_dict,
             )
 
-            opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
-            model_sd = get_model_state_dict(objective, options=opts)
-            opt_sd = get_optimizer_state_dict(objective, opt, options=opts)
-        else:
-            model_sd = opt_sd = None
-        ema_sd = ema.state_dict() if ema is not None else None
-        if rank == 0:
+            opts = runtime.full_state_dict_options(cpu_offload=True)
+            model_sd = get_model_state_dict(self.objective, options=opts)
+            opt_sd = get_optimizer_state_dict(self.objective, self.opt, options=opts)
+        ema_sd = self.ema.state_dict() if self.ema is not None else None
+        path = None
+        if self.rank == 0:
+            if not cfg.fsdp:
+                model_sd = runtime.unwrap(self.objective).state_dict()
+                opt_sd = self.opt.state_dict()
             state = {
-                "model": model_sd if cfg.fsdp else _unwrap(objective).state_dict(),
+                "model": model_sd,
                 "ema": ema_sd,
-                "optimizer": opt_sd if cfg.fsdp else opt.state_dict(),
+                "optimizer": opt_sd,
                 "fsdp": cfg.fsdp,
-                "scheduler": sched.state_dict(),
+                "scheduler": self.sched.state_dict(),
                 "step": step,
-                "rng": rng,
+                "rng": rngs,
                 "data": {
                     "seed": cfg.seed,
                     "global_batch": cfg.batch_size,
-                    "position": data.position(step),
+                    "position": self.data.position(step),
                 },
-                "config": full_config if full_config is not None else {"train": asdict(cfg)},
-                "world_size": world,
+                "config": self.full_config
+                if self.full_config is not None
+                else {"train": asdict(cfg)},
+                "world_size": self.world,
             }
             path = ckpt_io.save(state, cfg.out_dir, step, cfg.keep_ckpts)
-        if world > 1:
+        if self.world > 1:
             dist.barrier()
         return path
 
-    try:
-        for step in range(start, cfg.steps):
-            t0 = time.perf_counter()
-            loss_sum = torch.zeros((), device=dev, dtype=torch.float64)
-            metric_sum: dict[str, torch.Tensor] = {}
-            n_samples = n_tokens = 0
-            for micro in range(cfg.grad_accum):
-                batch = _to(data.get(step, micro), dev)
-                n_samples += data.micro
-                n_tokens += _count_tokens(batch)
-                sync = micro == cfg.grad_accum - 1 or world == 1
-                if cfg.fsdp:
-                    objective.set_requires_gradient_sync(sync)
-                    ctx = contextlib.nullcontext()
-                else:
-                    ctx = contextlib.nullcontext() if sync else model.no_sync()
-                with ctx:
-                    with _nvtx("forward", nvtx_on), autocast:
-                        loss, metrics = model(batch)
-                    with _nvtx("backward", nvtx_on):
-                        (loss / cfg.grad_accum).backward()
-                loss_sum += loss.detach().double()
-                for k, v in (metrics or {}).items():
-                    v = torch.as_tensor(v, device=dev, dtype=torch.float64).detach()
-                    metric_sum[k] = metric_sum.get(k, 0) + v
-            loss_val = loss_sum / cfg.grad_accum
-            if world > 1:
-                dist.all_reduce(loss_val)
-                loss_val /= world
-            loss_f = float(loss_val)
-            if not math.isfinite(loss_f):
-                raise NonFiniteLossError(
-                    f"mdfast: non-finite loss ({loss_f}) at step {step + 1}; stopped before the "
-                    f"optimiser step. Last checkpoint: {last_ckpt or 'none'} (intact)"
-                )
-            lr_used = opt.param_groups[0]["lr"]  # the rate this step used
-            with _nvtx("optimizer", nvtx_on):
-                gnorm = (
-                    torch.nn.utils.clip_grad_norm_(params, cfg.clip)
-                    if cfg.clip > 0
-                    else torch.zeros(())
-                )
-                opt.step()
-                sched.step()
-                opt.zero_grad(set_to_none=True)
-                if ema is not None:
-                    ema.update()
-            done = step + 1
-            losses.append(loss_f)
-            dt = time.perf_counter() - t0
-            if rank == 0 and (done % cfg.log_every == 0 or done == cfg.steps or done == 1):
-                row = {
-                    "step": done,
-                    "loss": loss_f,
-                    "lr": lr_used,
-                    "grad_norm": float(gnorm),
-                    "samples_per_s": n_samples * world / dt,
-                }
-                if n_tokens:
-                    row["tokens_per_s"] = n_tokens * world / dt
-                for k, v in metric_sum.items():
-                    row[k] = float(v / cfg.grad_accum)
-                logs.write(row)
-            bar.update(
-                done, loss_f, n_samples * world, n_tokens * world, force=done % cfg.log_every == 0
-            )
-            if done % cfg.ckpt_every == 0 or done == cfg.steps:
-                last_ckpt = save(done) or last_ckpt
-    finally:
-        bar.close()
-        logs.close()
-    return {"step": cfg.steps, "losses": losses, "checkpoint": last_ckpt, "ema": ema}
+    # -- the loop ------------------------------------------------------------------------------
+
+    def run(self) -> dict:
+        cfg = self.cfg
+        logs = RunLog(cfg, self.start, enabled=self.rank == 0)
+        bar = Progress(cfg.steps, enabled=self.rank == 0 and cfg.progress)
+        losses: list[float] = []
+        self.objective.train()
+        try:
+            for step in range(self.start, cfg.steps):
+                t0 = time.perf_counter()
+                totals = self._forward_backward(step)
+                loss = self._global_loss(totals, step)
+                lr_used = self.opt.param_groups[0]["lr"]  # the rate this step used
+                gnorm = self._optimizer_step()
+                done = step + 1
+                losses.append(loss)
+                dt = time.perf_counter() - t0
+                if self.rank == 0 and (done % cfg.log_every == 0 or done in (1, cfg.steps)):
+                    logs.write(self._log_row(done, loss, lr_used, gnorm, totals, dt))
+                bar.update(done, loss, totals.samples * self.world, totals.tokens * self.world,
+                           force=done % cfg.log_every == 0)  # fmt: skip
+                if done % cfg.ckpt_every == 0 or done == cfg.steps:
+                    self.last_ckpt = self._save(done) or self.last_ckpt
+        finally:
+            bar.close()
+            logs.close()
+        return {"step": cfg.steps, "losses": losses, "checkpoint": self.last_ckpt, "ema": self.ema}
+
+
+def train(objective: nn.Module, dataset, cfg: TrainConfig, *, full_config: dict | None = None):
+    """Train ``objective`` on ``dataset``; returns ``{"step", "losses", "checkpoint", "ema"}``.
+
+    ``losses`` are the per-step global mean losses of this invocation (all ranks agree).
+    """
+    with runtime.deterministic_kernels(cfg.deterministic):
+        return _Run(objective, dataset, cfg, full_config).run()

@@ -26,6 +26,11 @@
 //            except k = 0, which gives u = 2^-25.
 //   Every value is an exact float, so CPU and CUDA agree bit for bit.
 //
+// Rows keyed independently (uniform_rows_out)
+//   Row r of an [R, n] draw holds elements 0..n-1 of the stream (seed, offsets[r]): each row
+//   is its own uniform draw, so a row's numbers do not depend on the other rows of the launch
+//   (mdfast.rng.NoiseKey keys each sample of a batch this way).
+//
 // Sub-streams inside one op call
 //   An op that needs several independent families of numbers in one call (say, one uniform per
 //   position for its event and one per class for a Gumbel draw) takes them from sub-streams:
@@ -110,6 +115,35 @@ MDFAST_HOST_DEVICE double uniform_double_at(uint64_t seed, uint64_t offset, uint
 MDFAST_HOST_DEVICE float uniform_float_at(uint64_t seed, uint64_t offset, uint64_t i) {
   const PhiloxWords r = philox_block(seed, offset, i >> 2);
   return uniform_float_from_word(r.w[i & 3]);
+}
+
+// Block b of a draw of n uniforms from (seed, offset): writes elements [b * per, (b + 1) * per)
+// (clipped to n) of out, per = 2 (double) or 4 (float) per Philox block. The one writer of
+// uniform_out and uniform_rows_out on CPU and CUDA.
+template <typename scalar_t>
+MDFAST_HOST_DEVICE void write_uniform_block(scalar_t* out, int64_t n, uint64_t seed,
+                                            uint64_t offset, int64_t b) {
+  const PhiloxWords r = philox_block(seed, offset, static_cast<uint64_t>(b));
+  if constexpr (sizeof(scalar_t) == 8) {
+    const int64_t first = 2 * b;
+    MDFAST_UNROLL
+    for (int j = 0; j < 2; ++j) {
+      if (first + j < n) out[first + j] = uniform_double_from_words(r.w[2 * j], r.w[2 * j + 1]);
+    }
+  } else {
+    const int64_t first = 4 * b;
+    MDFAST_UNROLL
+    for (int j = 0; j < 4; ++j) {
+      if (first + j < n) out[first + j] = uniform_float_from_word(r.w[j]);
+    }
+  }
+}
+
+// Philox blocks a draw of n values of scalar_t takes.
+template <typename scalar_t>
+MDFAST_HOST_DEVICE int64_t uniform_blocks(int64_t n) {
+  constexpr int64_t per = sizeof(scalar_t) == 8 ? 2 : 4;
+  return (n + per - 1) / per;
 }
 
 // Element i of float64 sub-stream `stream` (0..255) of the call (seed, offset).
