@@ -44,6 +44,7 @@ import math
 
 import torch
 
+from mdfast import rng
 from mdfast.ops import masked_ce
 
 __all__ = ["nelbo_bits_per_token", "nelbo_per_sequence"]
@@ -81,17 +82,21 @@ def nelbo_per_sequence(
     """One unbiased estimate per sequence of the NELBO of ``x0`` [b, ...] (its part from
     t < ``t_max``), in nats, float [b]; differentiable in the model's parameters.
 
-    The number k of masked tokens is drawn from w/W, stratified over the batch, and one uniform
-    k-subset per sequence is masked (module docstring)."""
+    The number k of masked tokens is drawn from w/W, stratified over the batch (``Purpose.TIME``
+    noise: over the active :class:`mdfast.rng.NoiseKey`'s global batch when one is active), and
+    one uniform k-subset per sequence is masked (``Purpose.MASK``; module docstring).
+    ``generator``, if given, supplies both draws instead."""
     if not 0.0 < t_max <= 1.0:
         raise ValueError(f"mdfast: argument 't_max' must be in (0, 1], got {t_max}")
     device = x0.device
     b, n = x0.shape[0], x0[0].numel()
     cdf, total = _mask_count_law(n, float(t_max))
-    u = torch.rand((), generator=generator, device="cpu").item()
-    frac = (u + torch.arange(b, dtype=torch.float64) / b) % 1.0
+    frac = rng.stratified(
+        rng.Purpose.TIME, b, device="cpu", dtype=torch.float64, generator=generator
+    )
     k = (1 + torch.searchsorted(cdf, frac, right=True)).clamp(max=n).to(device)
-    ranks = torch.rand(b, n, generator=generator, device="cpu").argsort(1).argsort(1)
+    u = rng.draw(rng.Purpose.MASK, (b, n), device="cpu", dtype=torch.float64, generator=generator)
+    ranks = u.argsort(1).argsort(1)
     masked = (ranks.to(device) < k[:, None]).view_as(x0)
     logits = model(x0.masked_fill(masked, mask_index))
     ce = masked_ce(
@@ -113,6 +118,7 @@ def nelbo_bits_per_token(
     batch_size: int = 256,
     generator: torch.Generator | None = None,
     t_max: float = 1.0,
+    seed: int | None = None,
 ) -> tuple[float, float]:
     """Estimate the NELBO of the clean tokens ``x0`` [N, ...] in bits per token.
 
@@ -120,6 +126,9 @@ def nelbo_bits_per_token(
     the model has one, is left out of the softmax (SUBS). ``t_max`` in (0, 1]: only the part of
     the time integral from (0, t_max) (module docstring), still divided by all n tokens, so the
     parts of a split add up to the full NELBO.
+    ``seed``: keyed noise (:class:`mdfast.rng.NoiseKey` with step = repeat and sample index =
+    the sequence's index in ``x0``), so the estimate does not depend on ``batch_size``; the k of
+    a repeat are stratified over all N sequences. Else ``generator`` (or torch's RNG).
     Returns (mean, standard error) over the N·repeats per-image estimates.
     """
     if x0.shape[0] == 0:
@@ -128,15 +137,17 @@ def nelbo_bits_per_token(
         raise ValueError(f"mdfast: argument 'repeats' must be >= 1, got {repeats}")
     n = x0[0].numel()
     estimates = []
-    for _ in range(repeats):
-        for start in range(0, x0.shape[0], batch_size):
-            nats = nelbo_per_sequence(
-                model,
-                x0[start : start + batch_size],
-                mask_index=mask_index,
-                t_max=t_max,
-                generator=generator,
-            )
+    total = x0.shape[0]
+    for repeat in range(repeats):
+        for start in range(0, total, batch_size):
+            stop = min(start + batch_size, total)
+            key = None
+            if seed is not None:
+                key = rng.NoiseKey(seed, repeat, torch.arange(start, stop), total)
+            with rng.noise_key(key):
+                nats = nelbo_per_sequence(
+                    model, x0[start:stop], mask_index=mask_index, t_max=t_max, generator=generator
+                )
             estimates.append(nats.double().cpu() / (n * math.log(2)))
     est = torch.cat(estimates)
     stderr = est.std().item() / math.sqrt(est.numel()) if est.numel() > 1 else float("nan")

@@ -56,8 +56,14 @@ target is built from one reverse step to s = τ − δ: one-hot(x̂) where the s
 Nothing trains the levels below τ, and the gradient pulls the easy-loss-trained level τ towards
 the untrained predictions at s. Kept for the ablation.
 
-Noise: every draw has its own purpose (``ambient_level``, ``ambient_reveal``,
-``ambient_value`` with ids (chain, step)); see :func:`_uniform`.
+Noise: every draw goes through :func:`mdfast.rng.draw` with its own purpose (``ambient_level``,
+``ambient_reveal``, ``ambient_value`` with ids (chain, step)). Under the trainer's
+:class:`mdfast.rng.NoiseKey` each is keyed by (seed, purpose, global step, the sample's global
+index), so the consistency term of a sample does not depend on how the batch is split; the
+stratified levels are strata over the global batch's participating samples. The model passes on
+the two chains run under a key listing each sample twice (keyed dropout, if a model has any,
+then shares its mask between a sample's two chains; the MNIST presets use none). Without a key
+the draws are ``torch.rand``.
 """
 
 from __future__ import annotations
@@ -66,6 +72,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from mdfast import rng
 from mdfast.experiments.mnist.data import MASK
 
 __all__ = [
@@ -85,8 +92,18 @@ _MIN_VARIANCE = 0.01
 
 
 def _uniform(purpose: str, shape, *ids, device) -> torch.Tensor:
-    """Uniforms in (0, 1) of ``shape`` (dim 0 = the batch's samples) for ``purpose``."""
-    return torch.rand(shape, device=device, dtype=torch.float64)
+    """float64 uniforms in (0, 1) of ``shape`` (dim 0 = the active key's samples) for
+    ``purpose``: :func:`mdfast.rng.draw`."""
+    return rng.draw(purpose, shape, *ids, device=device, dtype=torch.float64)
+
+
+def _select_key(rows: torch.Tensor, repeat: int = 1) -> rng.NoiseKey | None:
+    """The active key restricted to ``rows`` (each listed ``repeat`` times), or None."""
+    key = rng.current_noise_key()
+    if key is None:
+        return None
+    index = key.index[rows.cpu()].repeat(repeat)
+    return rng.NoiseKey(key.seed, key.step, index, key.batch_size)
 
 
 def on_logit(logits: torch.Tensor) -> torch.Tensor:
@@ -175,9 +192,37 @@ def consistency_loss(
         raise ValueError(f"mdfast: option 'inner_steps' must be >= 1, got {inner_steps}")
     if int(subsample) < 1:
         raise ValueError(f"mdfast: option 'subsample' must be >= 1, got {subsample}")
-    index = torch.arange(x.shape[0]) if sample_index is None else sample_index.cpu()
-    rows = (index % int(subsample) == 0).nonzero().flatten().to(x.device)
-    x = x.index_select(0, rows)
+    key = rng.current_noise_key()
+    if sample_index is not None:
+        index = sample_index.cpu()
+    elif key is not None:
+        index = key.index
+    else:
+        index = torch.arange(x.shape[0])
+    sub = int(subsample)
+    rows = (index % sub == 0).nonzero().flatten()
+    if levels is not None:
+        levels = levels.to(x.device, torch.float64).index_select(0, rows.to(x.device))
+    # One stratum of the level per participating sample of the global batch: sample g is the
+    # (g // subsample)-th of ceil(total / subsample).
+    total = x.shape[0] if key is None else key.batch_size
+    strata = (index[rows] // sub, -(-total // sub))
+    with rng.noise_key(_select_key(rows)):
+        return _student_loss(
+            model,
+            x.index_select(0, rows.to(x.device)),
+            int(inner_steps),
+            divergence,
+            strata,
+            levels,
+            _select_key(rows, 2),
+        )
+
+
+def _student_loss(model, x, k, divergence, strata, levels, chain_key):
+    """:func:`consistency_loss` on the participating samples ``x`` (the active key's samples);
+    ``strata`` = (each sample's stratum, their number); ``chain_key``: the key of the passes on
+    the two chains (None without a key)."""
     masked = x == MASK
     zero = x.new_zeros((), dtype=torch.float32)
     if not masked.any():
@@ -185,26 +230,29 @@ def consistency_loss(
     b, dev = x.shape[0], x.device
     tau = _levels(masked)
     if levels is None:
-        u = (_uniform("ambient_level", (b,), device=dev) + torch.arange(b, device=dev)) / b
-    else:
-        u = levels.to(dev, torch.float64).index_select(0, rows)
-    s = u * tau
-    k = int(inner_steps)
+        stratum, count = strata
+        levels = (_uniform("ambient_level", (b,), device=dev) + stratum.to(dev)) / count
+    s = levels * tau
     frac = torch.arange(k + 1, device=dev, dtype=torch.float64) / k
     grid = tau[:, None] - frac[None, :] * (tau - s)[:, None]
     reveal_time = _per_image(tau, x) * _uniform("ambient_reveal", x.shape, device=dev)
+    value_noise = [
+        [_uniform("ambient_value", x.shape, c, step, device=dev) for step in range(k)]
+        for c in range(2)
+    ]
     with torch.no_grad():
         teacher = on_logit(model(x))
-    x_s = reverse_chain(
-        model,
-        x.unsqueeze(0).expand(2, *x.shape),
-        torch.sigmoid(teacher),
-        reveal_time,
-        grid,
-        lambda c, step: _uniform("ambient_value", x.shape, c, step, device=dev),
-    )
+    with rng.noise_key(chain_key):
+        x_s = reverse_chain(
+            model,
+            x.unsqueeze(0).expand(2, *x.shape),
+            torch.sigmoid(teacher),
+            reveal_time,
+            grid,
+            lambda c, step: value_noise[c][step],
+        )
+        student = on_logit(model(x_s.reshape(2 * b, *x.shape[1:]))).view(2, *x.shape)
     still = masked & (x_s[0] == MASK)
-    student = on_logit(model(x_s.reshape(2 * b, *x.shape[1:]))).view(2, *x.shape)
     if divergence in ("chi2", "brier"):
         g = torch.sigmoid(teacher)
         h = torch.sigmoid(student)
@@ -213,8 +261,7 @@ def consistency_loss(
             per_pixel = per_pixel / (4 * (g * (1 - g)).clamp(min=_MIN_VARIANCE))
     else:
         per_pixel = 0.5 * sum(_bernoulli_kl(teacher, student[c]) for c in range(2))
-    count = still.sum()
-    loss = (per_pixel * still).sum() / count.clamp(min=1)
+    loss = (per_pixel * still).sum() / still.sum().clamp(min=1)
     revealed = (masked & ~still).sum() / masked.sum()
     return loss, {"level": s.mean().float(), "revealed": revealed.float()}
 

@@ -30,6 +30,7 @@ import json
 
 import torch
 
+from mdfast import rng
 from mdfast.experiments.mnist.checkpoint import load_checkpoint
 from mdfast.experiments.mnist.data import MASK, BinarizedMNIST, CorruptedMNIST, source_args
 from mdfast.experiments.mnist.objectives import AmbientMDLM
@@ -69,8 +70,8 @@ def _probe(model, objective_options: dict, t_d: float, batches, steps: int, lr: 
     opt = torch.optim.AdamW(probe.parameters(), lr=lr)
     for step in range(steps):
         x_obs, observed = batches[step % len(batches)]
-        torch.manual_seed(seed * 100_003 + 50_000 + step)
-        loss, _ = objective((x_obs, observed))
+        with rng.noise_key(rng.NoiseKey.for_batch(seed, 2 * len(batches) + step, len(x_obs))):
+            loss, _ = objective((x_obs, observed))
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(probe.parameters(), 1.0)
@@ -79,8 +80,7 @@ def _probe(model, objective_options: dict, t_d: float, batches, steps: int, lr: 
 
 
 def _held_out_part(model, test: torch.Tensor, t_d: float, seed: int) -> float:
-    gen = torch.Generator().manual_seed(seed)
-    return nelbo_bits_per_token(model, test, mask_index=MASK, generator=gen, t_max=t_d)[0]
+    return nelbo_bits_per_token(model, test, mask_index=MASK, seed=seed, t_max=t_d)[0]
 
 
 def diagnose(
@@ -112,16 +112,19 @@ def diagnose(
     }
     for i, idx in enumerate(picks):
         x0, x_obs, observed = clean.tokens[idx], corrupted.x_obs[idx], corrupted.observed[idx]
-        torch.manual_seed(seed * 100_003 + i)
-        part = nelbo_per_sequence(model, x0, mask_index=MASK, t_max=t_d).mean()
+        # Keyed noise: the oracle at step i, the objectives at step batches + i (every variant
+        # the same draws, so their differences are not noise).
+        with rng.noise_key(rng.NoiseKey.for_batch(seed, i, len(idx))):
+            part = nelbo_per_sequence(model, x0, mask_index=MASK, t_max=t_d).mean()
         oracle.append(_flat_grad(model, part))
-        objective = AmbientMDLM(model, masked_fraction=t_d)
-        easy.append(_flat_grad(model, objective.easy_loss(x_obs, observed)))
-        for v in variants:
-            objective = AmbientMDLM(model, masked_fraction=t_d, **cons_options[v])
-            loss, _ = objective.consistency_loss(x_obs)
-            values[v].append(float(loss.detach()))
-            grads[v].append(_flat_grad(model, loss))
+        with rng.noise_key(rng.NoiseKey.for_batch(seed, batches + i, len(idx))):
+            objective = AmbientMDLM(model, masked_fraction=t_d)
+            easy.append(_flat_grad(model, objective.easy_loss(x_obs, observed)))
+            for v in variants:
+                objective = AmbientMDLM(model, masked_fraction=t_d, **cons_options[v])
+                loss, _ = objective.consistency_loss(x_obs)
+                values[v].append(float(loss.detach()))
+                grads[v].append(_flat_grad(model, loss))
     g_oracle = torch.stack(oracle).mean(0)
     ceiling = _cos(torch.stack(oracle[0::2]).mean(0), torch.stack(oracle[1::2]).mean(0))
     g_easy = torch.stack(easy).mean(0)

@@ -40,19 +40,13 @@ def evaluate(
     dev = pick_device(device)
     model = model.to(dev).eval()
     test = BinarizedMNIST(train=False, **source_args(data)).tokens
-    gen = torch.Generator().manual_seed(seed)
     bpp, se = nelbo_bits_per_token(
-        model, test.to(dev), mask_index=MASK, repeats=elbo_repeats, generator=gen
+        model, test.to(dev), mask_index=MASK, repeats=elbo_repeats, seed=seed
     )
     parts = {}
     for t_d in below:
         part, part_se = nelbo_bits_per_token(
-            model,
-            test.to(dev),
-            mask_index=MASK,
-            repeats=elbo_repeats,
-            generator=torch.Generator().manual_seed(seed),
-            t_max=t_d,
+            model, test.to(dev), mask_index=MASK, repeats=elbo_repeats, seed=seed, t_max=t_d
         )
         parts[f"bits_per_pixel_below_{t_d:g}"] = part
         parts[f"bits_per_pixel_below_{t_d:g}_se"] = part_se

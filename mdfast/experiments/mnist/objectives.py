@@ -29,6 +29,10 @@ Objectives (each a module with ``loss(batch) -> (loss, metrics)``):
 
 Nothing here reads the value of an unobserved pixel: every objective overwrites them with MASK
 before use.
+
+Noise: t and the forward masks are ``Purpose.TIME`` / ``Purpose.MASK`` draws of
+:mod:`mdfast.rng` (keyed by seed, step and global sample index under the trainer's NoiseKey),
+the consistency loss's draws have purposes of their own.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from mdfast import rng
 from mdfast.diffusion.base import Objective, unpack
 from mdfast.diffusion.mdlm import MDLM
 from mdfast.experiments.mnist.consistency import (
@@ -105,7 +110,7 @@ class NaiveCorrupted(Objective):
         x_obs, observed = _corrupted(batch)
         t = sample_t(x_obs.shape[0], device=x_obs.device)
         move = self.schedule.move_chance(t).view(-1, 1, 1)
-        noised = torch.rand(x_obs.shape, device=x_obs.device) < move
+        noised = rng.draw(rng.Purpose.MASK, x_obs.shape, device=x_obs.device) < move
         xt = x_obs.masked_fill(noised, MASK)
         # MDLM's SUBS term, restricted to pixels whose value is known.
         weight = (noised & observed) * self.schedule.loss_weight(t).view(-1, 1, 1)
@@ -172,7 +177,8 @@ class AmbientMDLM(Objective):
         # probability (t_e − t_d)/(1 − t_d) = u makes the masked fraction t_e in expectation,
         # whatever the image's own t_d is.
         u = sample_t(x_obs.shape[0], device=x_obs.device)
-        hidden = observed & (torch.rand(x_obs.shape, device=x_obs.device) < u.view(-1, 1, 1))
+        hide = rng.draw(rng.Purpose.MASK, x_obs.shape, device=x_obs.device) < u.view(-1, 1, 1)
+        hidden = observed & hide
         x_in = x_obs.masked_fill(hidden, MASK)
         per_pixel = pixel_ce(self.model(x_in), x_obs, hidden)
         return per_pixel.sum() / hidden.sum().clamp(min=1)
