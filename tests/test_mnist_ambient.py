@@ -324,3 +324,20 @@ def test_frechet_matches_closed_form_gaussians():
     b = torch.randn(n, d, generator=g, dtype=torch.float64) * 2 + 1
     # Σa = I, Σb = 4I: d² = 3·1 + 3 + 12 − 2·3·2 = 6
     assert abs(dfm.frechet_distance(a, b) - 6.0) < 0.1
+
+
+def test_elbo_keyed_noise_does_not_depend_on_batch_size(digits):
+    """With ``seed`` each image's masks are keyed by (seed, repeat, its index): the estimate is
+    the same whatever the evaluation batch size, and another seed gives another estimate."""
+    x0 = digits.tokens[:24]
+
+    def model(x):  # depends on how many pixels are masked, so the masks matter
+        k = (x == MASK).flatten(1).sum(1).float()
+        logits = torch.zeros(*x.shape, 3)
+        logits[..., 1] = (4.0 * k / 784 - 3.0).view(-1, 1, 1)
+        return logits
+    a = nelbo_bits_per_token(model, x0, mask_index=MASK, repeats=2, batch_size=24, seed=3)
+    b = nelbo_bits_per_token(model, x0, mask_index=MASK, repeats=2, batch_size=7, seed=3)
+    c = nelbo_bits_per_token(model, x0, mask_index=MASK, repeats=2, batch_size=24, seed=4)
+    assert a[0] == pytest.approx(b[0], rel=1e-6) and a[1] == pytest.approx(b[1], rel=1e-5)
+    assert a[0] != pytest.approx(c[0], rel=1e-6)

@@ -238,3 +238,39 @@ def test_subsample_takes_every_other_sample():
         consistency_loss(Recorder(), x, inner_steps=0)
     with pytest.raises(ValueError, match="'divergence'"):
         consistency_loss(Recorder(), x, divergence="l2")
+
+
+def test_keyed_noise_does_not_depend_on_the_batch_split():
+    """Under the trainer's NoiseKey the consistency term of sample g (its level, reveal times and
+    values, hence its x_s) is keyed by its global index: the whole batch in one call and the same
+    batch in two micro-batches give the student the same inputs, and the same samples take part
+    (global index a multiple of ``subsample``)."""
+    from mdfast import rng
+
+    n, batch = 4, 8
+    theta = torch.randn(3**n, n, generator=torch.Generator().manual_seed(0))
+    x = draw_data(product_joint(FACTORISED), batch, 0.7, torch.Generator().manual_seed(1))
+    x[::2, 0] = MASK  # every participant has a masked pixel
+
+    def student_inputs(parts):
+        inputs, levels = [], []
+        for rows in parts:
+            seen = []
+
+            class Recorder(TableDenoiser):
+                def forward(self, x_in):
+                    seen.append(x_in.clone())
+                    return super().forward(x_in)
+
+            key = rng.NoiseKey(7, 3, torch.tensor(rows), batch)
+            with rng.noise_key(key):
+                _, metrics = consistency_loss(Recorder(theta), x[rows], inner_steps=3)
+            inputs.append(seen[-1].view(2, -1, n))  # the student pass: [chain, sample, pixel]
+            levels.append(metrics["level"])
+        return torch.cat(inputs, 1), torch.stack(levels).mean()
+
+    whole, level = student_inputs([list(range(batch))])
+    split, level_split = student_inputs([[0, 1, 2], [3, 4, 5, 6, 7]])
+    assert whole.shape == (2, batch // 2, n)
+    assert torch.equal(whole, split)
+    torch.testing.assert_close(level, level_split)

@@ -207,6 +207,7 @@ def consistency_loss(
     # (g // subsample)-th of ceil(total / subsample).
     total = x.shape[0] if key is None else key.batch_size
     strata = (index[rows] // sub, -(-total // sub))
+    chain_key = _select_key(rows, 2)
     with rng.noise_key(_select_key(rows)):
         return _student_loss(
             model,
@@ -215,7 +216,7 @@ def consistency_loss(
             divergence,
             strata,
             levels,
-            _select_key(rows, 2),
+            chain_key,
         )
 
 
