@@ -219,9 +219,9 @@ def test_pixel_ce_matches_log_softmax():
     torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-6)
 
 
-def test_elbo_exact_for_independent_pixels(digits):
-    """A model predicting every pixel independently with probabilities θ has NELBO equal to its
-    exact NLL Σ_i −log p_θ(x_i) (any-order form: every mask set gives the same sum)."""
+def _independent_pixels(digits, count: int = 64):
+    """(model predicting every pixel independently with probabilities θ = the pixel means,
+    ``count`` digits, their exact NLL Σ_i −log p_θ(x_i) in bits per pixel [count])."""
     theta = digits.tokens.float().mean(0).clamp(0.02, 0.98)
 
     def model(x):
@@ -229,9 +229,16 @@ def test_elbo_exact_for_independent_pixels(digits):
         logits[..., 1] = torch.log(theta / (1 - theta))
         return logits
 
-    x0 = digits.tokens[:64]
+    x0 = digits.tokens[:count]
     exact = -(x0 * theta.log() + (1 - x0) * (1 - theta).log()).flatten(1).sum(1)
-    exact_bpp = (exact / (784 * math.log(2))).mean().item()
+    return model, x0, exact / (784 * math.log(2))
+
+
+def test_elbo_exact_for_independent_pixels(digits):
+    """A model predicting every pixel independently with probabilities θ has NELBO equal to its
+    exact NLL Σ_i −log p_θ(x_i) (any-order form: every mask set gives the same sum)."""
+    model, x0, exact = _independent_pixels(digits)
+    exact_bpp = exact.mean().item()
     got, stderr = nelbo_bits_per_token(model, x0, mask_index=MASK, repeats=4)
     assert abs(got - exact_bpp) < 6 * stderr + 1e-9
     assert 0 < exact_bpp < 1
@@ -241,16 +248,8 @@ def test_elbo_exact_for_independent_pixels(digits):
 def test_elbo_part_below_t_max_independent_pixels(digits, t_max):
     """Independent pixels: every k-subset has the same mean CE, so the part from t < t_max is
     Σ_k P(Bin(n, t_max) ≥ k) · NLL/n = t_max · NLL."""
-    theta = digits.tokens.float().mean(0).clamp(0.02, 0.98)
-
-    def model(x):
-        logits = torch.zeros(*x.shape, 3)
-        logits[..., 1] = torch.log(theta / (1 - theta))
-        return logits
-
-    x0 = digits.tokens[:64]
-    exact = -(x0 * theta.log() + (1 - x0) * (1 - theta).log()).flatten(1).sum(1)
-    want = t_max * (exact / (784 * math.log(2))).mean().item()
+    model, x0, exact = _independent_pixels(digits)
+    want = t_max * exact.mean().item()
     got, stderr = nelbo_bits_per_token(model, x0, mask_index=MASK, repeats=4, t_max=t_max)
     assert abs(got - want) < 6 * stderr + 1e-9
 
@@ -336,6 +335,7 @@ def test_elbo_keyed_noise_does_not_depend_on_batch_size(digits):
         logits = torch.zeros(*x.shape, 3)
         logits[..., 1] = (4.0 * k / 784 - 3.0).view(-1, 1, 1)
         return logits
+
     a = nelbo_bits_per_token(model, x0, mask_index=MASK, repeats=2, batch_size=24, seed=3)
     b = nelbo_bits_per_token(model, x0, mask_index=MASK, repeats=2, batch_size=7, seed=3)
     c = nelbo_bits_per_token(model, x0, mask_index=MASK, repeats=2, batch_size=24, seed=4)

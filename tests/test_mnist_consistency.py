@@ -240,6 +240,18 @@ def test_subsample_takes_every_other_sample():
         consistency_loss(Recorder(), x, divergence="l2")
 
 
+class Recorder(TableDenoiser):
+    """A :class:`TableDenoiser` that keeps every input it is called on."""
+
+    def __init__(self, theta):
+        super().__init__(theta)
+        self.seen = []
+
+    def forward(self, x):
+        self.seen.append(x.clone())
+        return super().forward(x)
+
+
 def test_keyed_noise_does_not_depend_on_the_batch_split():
     """Under the trainer's NoiseKey the consistency term of sample g (its level, reveal times and
     values, hence its x_s) is keyed by its global index: the whole batch in one call and the same
@@ -255,17 +267,11 @@ def test_keyed_noise_does_not_depend_on_the_batch_split():
     def student_inputs(parts):
         inputs, levels = [], []
         for rows in parts:
-            seen = []
-
-            class Recorder(TableDenoiser):
-                def forward(self, x_in):
-                    seen.append(x_in.clone())
-                    return super().forward(x_in)
-
+            model = Recorder(theta)
             key = rng.NoiseKey(7, 3, torch.tensor(rows), batch)
             with rng.noise_key(key):
-                _, metrics = consistency_loss(Recorder(theta), x[rows], inner_steps=3)
-            inputs.append(seen[-1].view(2, -1, n))  # the student pass: [chain, sample, pixel]
+                _, metrics = consistency_loss(model, x[rows], inner_steps=3)
+            inputs.append(model.seen[-1].view(2, -1, n))  # student pass: [chain, sample, pixel]
             levels.append(metrics["level"])
         return torch.cat(inputs, 1), torch.stack(levels).mean()
 
