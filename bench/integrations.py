@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import copy
 import math
+import os
 
 import torch
 
@@ -84,8 +85,10 @@ def _pair(make):
 
 def _row(case, provider, shape, timing, device, dtype, **extra) -> dict:
     return {
+        "bench": "integrations",
         "case": case,
         "provider": provider,
+        "role": "baseline" if provider == "original" else "mdfast",
         "shape": shape,
         "dtype": dtype,
         **timing_columns(timing),
@@ -203,7 +206,7 @@ def main(argv=None) -> None:
     if not args.skip_sample:
         for sampler in ("ddpm_cache", "remdm-cap"):
             rows += bench_sample(device, autocast, sampler, Ls, T, args.dim, args.blocks, repeat)
-    if rows and not args.quick:
+    if rows and (not args.quick or os.environ.get("MDFAST_BENCH_RESULTS")):
         path = write_rows(CSV, rows)
         plot(
             path,

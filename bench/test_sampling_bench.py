@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.sampling import FullLogits, TinyDiT, _step_cases
+from bench.sampling import FullLogits, _step_cases, e2e_model
 from mdfast import sampling
 
 B, L, V, T = 2, 128, 4096, 256
@@ -19,14 +19,14 @@ B, L, V, T = 2, 128, 4096, 256
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_step(benchmark, provider, dtype):
     benchmark.group = f"sampling step B={B} L={L} V={V} {dtype}"
-    fn = _step_cases(B, L, V, T, dtype, with_seed=provider.startswith("seed"))[provider]
-    benchmark(fn)
+    cases = _step_cases(B, L, V, 2 / T, dtype, "cpu", with_seed=provider.startswith("seed"))
+    benchmark(cases[provider][0])
 
 
 @pytest.mark.parametrize("name", ["ddpm", "ddpm_cache", "first_hitting"])
 def test_sampler(benchmark, name):
     benchmark.group = "samplers L=64 V=256 T=64"
-    model = FullLogits(TinyDiT(256, dim=32))
+    model = FullLogits(e2e_model("tiny", 256, 64, "cpu"))
     fn = {
         "ddpm": sampling.ddpm,
         "ddpm_cache": sampling.ddpm_cache,

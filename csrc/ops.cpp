@@ -4,6 +4,10 @@
 #include <pybind11/pybind11.h>
 #include <torch/library.h>
 
+#ifdef MDFAST_WITH_CUDA
+#include "cuda/kernel_image.h"
+#endif
+
 #ifndef MDFAST_TORCH_VERSION
 #define MDFAST_TORCH_VERSION "unknown"
 #endif
@@ -81,4 +85,20 @@ PYBIND11_MODULE(_C, module) {
     info["cplusplus"] = __cplusplus;
     return info;
   });
+#ifdef MDFAST_WITH_CUDA
+  module.def(
+      "cuda_kernel_image",
+      [](int device) {
+        const mdfast::cuda::KernelImage image = mdfast::cuda::kernel_image(device);
+        py::dict info;
+        info["runnable"] = image.runnable;
+        info["binary_version"] = image.binary_version;
+        info["ptx_version"] = image.ptx_version;
+        info["error"] = image.error;
+        return info;
+      },
+      py::arg("device"),
+      "The kernel image the CUDA runtime picks for this build on `device` (runnable, SASS and "
+      "PTX arch versions, or the runtime's error).");
+#endif
 }

@@ -58,8 +58,13 @@ def build_info() -> dict:
     with), ``extension`` (whether ``mdfast._C`` loaded), ``extension_error`` (why not),
     ``backends`` (compiled kernel backends, e.g. ``["CPU", "CUDA"]``), ``compiled`` (the
     extension's own record: torch version it was compiled against, CUDA version and arch list,
-    OpenMP, compiler), ``cuda_available`` (a GPU is visible now) and ``ops`` (registered ops).
+    OpenMP, compiler), ``cuda_archs`` (the code that arch list compiles to, e.g. ``["sm_80",
+    "sm_90", "compute_90"]``), ``cuda_available`` (a GPU is visible now), ``device`` (the current
+    GPU's attributes, theoretical bandwidth and the kernel image it runs, see
+    :func:`mdfast.device_info.cuda_device`; None without a GPU) and ``ops`` (registered ops).
     """
+    from mdfast import device_info
+
     ops_registered = sorted(
         name.split("::", 1)[1]
         for name in torch._C._dispatch_get_all_op_names()
@@ -73,6 +78,8 @@ def build_info() -> dict:
         "extension_error": _extension.LOAD_ERROR,
         "backends": sorted(b.upper() for b in _extension.BACKENDS),
         "compiled": dict(_extension.COMPILED),
+        "cuda_archs": device_info.parse_arch_list(_extension.COMPILED.get("cuda_arch_list")),
         "cuda_available": torch.cuda.is_available(),
+        "device": device_info.cuda_device(),
         "ops": ops_registered,
     }

@@ -1,5 +1,6 @@
 """The seed codebases' own functions as written: MDLM / ReMDM's materialised sampling path and
-SUBS loss, and the plain ``F.cross_entropy`` formulation of a masked loss.
+SUBS loss, the plain ``F.cross_entropy`` formulation of a masked loss, and the few-line torch
+samplers (Gumbel-argmax, multinomial, sort-based top-p) that sample_x0 replaces.
 
 They reproduce what the seed code computes, defects included (a -1e6 "infinity", a B x L x V
 posterior re-sampled at every cached step, ``torch.rand`` noise), so that benchmarks can measure
@@ -24,6 +25,9 @@ __all__ = [
     "seed_sample",
     "seed_sample_categorical",
     "seed_subs_parameterization",
+    "torch_gumbel_argmax",
+    "torch_multinomial",
+    "torch_top_p_multinomial",
 ]
 
 
@@ -202,3 +206,35 @@ def seed_remdm_update(
         conf = torch.where(newly, -chosen, conf)
         conf = conf.masked_fill(x_next == mask_index, float("-inf"))
     return p_x0, x_next, conf
+
+
+# --- the plain-torch samplers researchers write (sample_x0's peers in the benchmarks) --------
+
+
+def _masked(logits: torch.Tensor, exclude_index: int) -> torch.Tensor:
+    z = logits.float()
+    if exclude_index >= 0:
+        z = z.index_fill(1, torch.tensor([exclude_index], device=z.device), float("-inf"))
+    return z
+
+
+def torch_gumbel_argmax(logits: torch.Tensor, exclude_index: int = -1) -> torch.Tensor:
+    """The usual one-line sampler: ``argmax(z - log(-log u))`` in float32 with ``u ~ torch.rand``
+    (float32 uniforms cap the Gumbel noise near 16: tokens far below the top are under-drawn)."""
+    z = _masked(logits, exclude_index)
+    return (z - torch.log(-torch.log(torch.rand_like(z)))).argmax(dim=-1)
+
+
+def torch_multinomial(logits: torch.Tensor, exclude_index: int = -1) -> torch.Tensor:
+    """``torch.multinomial(softmax(z), 1)`` in float32."""
+    p = torch.softmax(_masked(logits, exclude_index), dim=-1)
+    return torch.multinomial(p, 1).squeeze(1)
+
+
+def torch_top_p_multinomial(
+    logits: torch.Tensor, top_p: float, exclude_index: int = -1
+) -> torch.Tensor:
+    """Sort-based nucleus sampling as ReMDM writes it (``seed_nucleus``: sort, keep the
+    cumulative mass <= p and the top-1, renormalise), then ``torch.multinomial``."""
+    p = torch.softmax(_masked(logits, exclude_index), dim=-1)
+    return torch.multinomial(seed_nucleus(p, top_p), 1).squeeze(1)

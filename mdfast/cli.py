@@ -45,7 +45,9 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=fmt,
     )
     sub = p.add_subparsers(
-        dest="command", required=True, metavar="{train,eval,sample,prepare-text,presets}"
+        dest="command",
+        required=True,
+        metavar="{train,eval,sample,eval-samples,prepare-text,presets}",
     )
     t = sub.add_parser(
         "train", help="train a preset", epilog=_presets_epilog(), formatter_class=fmt
@@ -84,6 +86,24 @@ def _parser() -> argparse.ArgumentParser:
                     "is used, with the overrides given here on top")  # fmt: skip
     sm.add_argument("--print-config", action="store_true")
     sm.add_argument("--device", default="", help="cuda, cuda:N or cpu (default: cuda if available)")
+    es = sub.add_parser(
+        "eval-samples",
+        help="gen PPL, entropy and MAUVE of a samples file of mdfast sample",
+        description="Gen PPL (MDLM's recipe), unigram entropy and MAUVE of SAMPLES.jsonl under "
+        "a judge: a local Hugging Face causal-LM directory or an mdfast AR checkpoint.",
+    )
+    es.add_argument("samples", help="JSONL written by mdfast sample")
+    es.add_argument("--judge", required=True, help="HF model directory or mdfast AR checkpoint")
+    es.add_argument("--references", default="", help="prepared text directory: MAUVE "
+                    "references (evenly spaced rows of --split)")  # fmt: skip
+    es.add_argument("--split", default="validation")
+    es.add_argument("--no-mauve", action="store_true", help="gen PPL and entropy only")
+    es.add_argument("--batch-size", type=int, default=8)
+    es.add_argument("--max-length", type=int, default=0, help="retokenised length (0: the "
+                    "samples' length, MDLM's model.length)")  # fmt: skip
+    es.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"))
+    es.add_argument("--device", default="", help="cuda, cuda:N or cpu (default: cuda if available)")
+    es.add_argument("--out", default="", help="also write the result JSON here")
     pt = sub.add_parser(
         "prepare-text",
         help="tokenize a local corpus into memory-mapped token files",
@@ -180,16 +200,6 @@ def _device(args):
     return setup_distributed(getattr(args, "device", "") or "")
 
 
-def _autocast_dtype(precision: str, device):
-    import torch
-
-    if precision not in ("auto", "bf16", "fp32"):
-        raise ValueError(f"mdfast: precision must be auto, bf16 or fp32, got '{precision}'")
-    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
-        return torch.bfloat16
-    return None
-
-
 def _load_run(args, section: str, device=None):
     """(config, objective, path) of the checkpoint ``--ckpt`` / ``<section>.ckpt`` / latest in
     ``train.out_dir``, with the checkpoint's stored config and this command's overrides on top;
@@ -235,83 +245,105 @@ def _load_run(args, section: str, device=None):
     return cfg, objective, path
 
 
-class _SigmaTime:
-    """Adapts a sigma-conditioned backbone (SEDD's DiT) to the samplers' time argument."""
-
-    def __init__(self, model, schedule):
-        self.model, self.schedule = model, schedule
-
-    def hidden(self, x, t):
-        return self.model.trunk(x, self.schedule.sigma(t.float())[0])
-
-    def head(self, h):
-        return self.model.head(h)
-
-
 def _sample(args) -> int:
-    import contextlib
+    """``mdfast sample``: :func:`mdfast.experiments.generation.run_sample`."""
+    from mdfast.experiments.generation import run_sample
 
-    import torch
-
-    from mdfast import sampling
-
-    rank, _, dev = _device(args)
+    rank, world, dev = _device(args)
     cfg, objective, path = _load_run(args, "sample", dev)
     if objective is None:
         print(json.dumps(cfg, indent=2))
         return 0
-    sp, name = cfg["sample"], cfg["objective"]["name"]
-    if name not in ("mdlm", "sedd"):
-        raise FileNotFoundError(
-            f"mdfast sample: objective '{name}' is not supported (mdlm and sedd are); use "
-            "mdfast.sampling or the objective's own sampler from Python"
+    if cfg["objective"]["name"] == "interpolant":
+        import contextlib
+
+        import torch
+
+        from mdfast.train.runtime import autocast_dtype
+
+        amp = autocast_dtype(cfg["sample"]["precision"], dev, "sample.precision")
+        ctx = torch.autocast(dev.type, dtype=amp) if amp is not None else contextlib.nullcontext()
+        return _sample_interpolant(cfg, objective, path, rank, ctx)
+    summary = run_sample(cfg, objective, path, dev, rank, world)
+    if rank == 0:
+        print(json.dumps(summary))
+    return 0
+
+
+def _eval_samples(args) -> int:
+    from mdfast.experiments.sample_eval import main as eval_samples
+
+    return eval_samples(args)
+
+
+def _sample_interpolant(cfg: dict, objective, path, rank: int, ctx) -> int:
+    """``mdfast sample`` of a discrete-interpolant run: ``sample.sampler`` euler | maskgit,
+    ``sample.cfg_scale``, ``sample.label`` (-1: classes 0, 1, ... in turn), ``sample.context``
+    (text embeddings [N, T, C], a ``.npy`` or an ``.npz`` with ``context``: sample i gets row
+    i mod N), the samplers' options, ``sample.num_batches`` batches (batch b from
+    seed + b·1000003); the token grid shape is the model's (``image_size``², or
+    ``sample.length``)."""
+    import numpy as np
+    import torch
+
+    from mdfast.data.vq_tokens import open_array
+    from mdfast.experiments import ConfigError
+    from mdfast.sampling import sample
+
+    sp, model = cfg["sample"], objective.model
+    sp = {**sp, "sampler": sp["sampler"] or "euler"}  # "" = the objective's default
+    if sp["sampler"] not in ("euler", "maskgit"):
+        raise ConfigError(
+            f"mdfast: sample.sampler must be 'euler' or 'maskgit' for the interpolant objective, "
+            f"got '{sp['sampler']}'"
         )
-    model = objective.model
-    time_conditioned = name == "sedd"
-    if time_conditioned:
-        model = _SigmaTime(model, objective.schedule)
-    length = sp["length"] or cfg["data"].get("length") or cfg["model"].get("model_length")
-    kwargs = {k: sp[k] for k in ("steps", "seed", "temperature", "top_p", "top_k",
-                                 "noise_removal", "batch_size")}  # fmt: skip
-    if sp["schedule"]:
-        kwargs["schedule"] = sp["schedule"]
-    if time_conditioned:
-        kwargs["time_conditioned"] = True
-    if sp["sampler"].startswith("remdm-"):
-        kwargs.update({k: sp[k] for k in ("t_on", "t_off", "alpha_on")})
-        if sp["eta"] >= 0:
-            kwargs["eta"] = sp["eta"]
-    amp = _autocast_dtype(sp["precision"], dev)
-    ctx = torch.autocast(dev.type, dtype=amp) if amp is not None else contextlib.nullcontext()
-    xs, nfe, steps = [], 0, 0
-    for b in range(max(1, sp["num_batches"])):
-        kw = {**kwargs, "seed": sp["seed"] + b * 1_000_003}
-        with torch.no_grad(), ctx:
-            if sp["semi_ar"]:
-                res = sampling.semi_ar(model, sampler=sp["sampler"], length=int(length),
-                                       device=dev, mask_index=cfg["objective"]["mask_index"],
-                                       stride_length=sp["stride_length"],
-                                       num_strides=sp["num_strides"], **kw)  # fmt: skip
-            else:
-                res = sampling.sample(model, sampler=sp["sampler"], length=int(length),
-                                      device=dev, mask_index=cfg["objective"]["mask_index"],
-                                      **kw)  # fmt: skip
+    side = cfg["model"].get("image_size")
+    shape = (sp["length"],) if sp["length"] else (side, side)
+    b, n_batches = sp["batch_size"], max(1, sp["num_batches"])
+    classes = cfg["objective"]["num_classes"]
+    labels = None
+    if classes > 0:
+        if not -1 <= sp["label"] < classes:
+            raise ConfigError(f"mdfast: sample.label must be -1 or in [0, {classes}), got "
+                              f"{sp['label']}")  # fmt: skip
+        n = b * n_batches
+        labels = torch.arange(n) % classes if sp["label"] < 0 else torch.full((n,), sp["label"])
+    context = rows = None
+    if sp["context"]:
+        context = open_array(sp["context"], "context", option="sample.context")
+        if context.ndim != 3 or len(context) == 0:
+            raise ConfigError(f"mdfast: sample.context must hold embeddings [N, T, C] with N >= 1, "
+                              f"got shape {list(context.shape)}")  # fmt: skip
+        rows = torch.arange(b * n_batches) % len(context)
+    opts = {k: sp[k] for k in ("steps", "cfg_scale", "temperature", "top_p", "top_k", "t_min",
+                               "max_last", "anneal_noise", "reveal", "randomize",
+                               "r_temp")}  # fmt: skip
+    opts["kappa"] = sp["kappa"] or cfg["objective"]["kappa"]
+    xs, nfe = [], 0
+    for i in range(n_batches):
+        cond = {} if labels is None else {"y": labels[i * b : (i + 1) * b]}
+        if context is not None:
+            picked = np.asarray(context[rows[i * b : (i + 1) * b].numpy()], dtype=np.float32)
+            cond["context"] = torch.from_numpy(picked)
+        try:
+            with ctx:
+                res = sample(model, sampler=sp["sampler"], batch_size=b, shape=shape,
+                             mask_index=cfg["objective"]["mask_index"], cond=cond,
+                             seed=sp["seed"] + i * 1_000_003, **opts)  # fmt: skip
+        except ValueError as e:
+            raise ConfigError(str(e).replace("argument '", "option 'sample.")) from None
         xs.append(res.x)
-        nfe, steps = nfe + res.nfe, steps + res.steps
+        nfe += res.nfe
     x = torch.cat(xs)
     if rank != 0:
         return 0
     if sp["out"]:
-        torch.save(x.cpu(), sp["out"])
-    out = {"checkpoint": path, "sampler": sp["sampler"], "shape": list(x.shape), "nfe": nfe,
-           "steps": steps, "out": sp["out"] or None, "device": str(dev),
-           "samples": x[: min(2, len(x))].tolist()}  # fmt: skip
-    if cfg["data"]["name"] == "text":  # decoded with the run's tokenizer
-        from mdfast.data.text import load_tokenizer
-
-        tok = load_tokenizer(cfg["data"]["tokenizer"])
-        out["text"] = [tok.decode(row) for row in x[: min(2, len(x))].tolist()]
-    print(json.dumps(out))
+        saved = {"input_ids": x.cpu(), **({"y": labels} if labels is not None else {}),
+                 **({"context_row": rows} if rows is not None else {})}  # fmt: skip
+        torch.save(saved, sp["out"])
+    print(json.dumps({"checkpoint": path, "sampler": sp["sampler"], "shape": list(x.shape),
+                      "nfe": nfe, "cfg_scale": sp["cfg_scale"], "out": sp["out"] or None,
+                      "labels": labels.tolist() if labels is not None else None}))  # fmt: skip
     return 0
 
 
@@ -376,7 +408,9 @@ def _eval(args) -> int:
         print(json.dumps(cfg, indent=2))
         return 0
     ev = cfg["eval"]
-    amp = _autocast_dtype(ev["precision"], dev)
+    from mdfast.train.runtime import autocast_dtype
+
+    amp = autocast_dtype(ev["precision"], dev, "eval.precision")
     T = ev["T"] if ev["T"] >= 0 else int(cfg["objective"].get("T", 0) or 0)
     results = {}
     for name, ds in _eval_sets(cfg):
@@ -412,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     # overrides may also follow options (`eval p --ckpt X key=v`): argparse leaves those over
     bad = [e for e in extra if e.startswith("-") or "=" not in e]
-    if bad or (extra and args.command == "presets"):
+    if bad or (extra and args.command in ("presets", "eval-samples")):
         parser.error(f"unrecognized arguments: {' '.join(bad or extra)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
@@ -423,7 +457,8 @@ def main(argv: list[str] | None = None) -> int:
 
             print("\n".join(preset_names()))
             return 0
-        cmds = {"train": _train, "eval": _eval, "sample": _sample, "prepare-text": _prepare_text}
+        cmds = {"train": _train, "eval": _eval, "sample": _sample,
+                "eval-samples": _eval_samples, "prepare-text": _prepare_text}  # fmt: skip
         rc = cmds[args.command](args)
         clean = True
         return rc

@@ -18,6 +18,10 @@ for, never by process layout: (seed, purpose, global step, global sample index).
   A sample's numbers therefore do not depend on how the global batch is split over processes and
   gradient-accumulation micro-batches: 1 process and N processes draw the same noise.
 
+A :class:`SampleCursor` keys a sampler's op calls the same way (step = the call's number, g =
+the sample's index in the generation job): ``mdfast sample`` gives sample g the same tokens
+whatever batch, process or resumed run draws it.
+
 A :class:`NoiseKey` holds (seed, step, this process's global sample indices, global batch size);
 the trainer activates one per micro-batch with :func:`noise_key`, and :func:`draw`,
 :func:`stratified` and :class:`mdfast.models.dropout.KeyedDropout` read it. With no key active
@@ -43,6 +47,7 @@ __all__ = [
     "NoiseKey",
     "PhiloxStream",
     "Purpose",
+    "SampleCursor",
     "current_noise_key",
     "draw",
     "noise_key",
@@ -115,6 +120,7 @@ class Purpose(str, enum.Enum):
     REVERSE = "reverse"  # reverse-step decisions of hand-written samplers (e.g. IMDM)
     WINDOW = "window"  # semi-autoregressive windows; ids = (window index,)
     BATCH = "batch"  # one sampler call per batch of a multi-batch job; ids = (batch index,)
+    SAMPLER = "sampler"  # a sampler's op calls keyed per sample (SampleCursor): step = call k
 
 
 @functools.lru_cache(maxsize=4096)
@@ -217,11 +223,63 @@ class NoiseKey:
         u = self.uniform(purpose, (), *ids, device=device)
         return (u + self.offsets(device).bitwise_and(2**32 - 1).double()) / self.batch_size
 
+    def op_args(self, purpose: Purpose | str, *ids) -> list[tuple[int, int]]:
+        """(seed, offset) of each sample for an op that takes one (seed, offset) per call
+        (:func:`mdfast.ops.sample_x0`, :func:`mdfast.ops.mask_step`): sample i calls it on the
+        (seed, purpose, ids) stream at offset ``(step << 32) | index[i]``, the offset
+        :meth:`uniform` reads, so its numbers do not depend on the other samples of the call."""
+        seed = stream_seed(self.seed, purpose, *ids)
+        return [(seed, off) for off in self.offsets().tolist()]
+
     def select(self, rows) -> NoiseKey:
         """The key of a subset of this key's samples (``rows``: indices or a bool mask)."""
         return NoiseKey(
             self.seed, self.step, self.index[torch.as_tensor(rows).cpu()], self.batch_size
         )
+
+
+class SampleCursor:
+    """The keyed counterpart of :class:`PhiloxStream` for a sampler whose samples carry global
+    indices (sample g of a generation job): the k-th :meth:`next` is the :class:`NoiseKey`
+    (seed, step k, ``index``), so op call k draws sample g's numbers from the
+    :data:`Purpose.SAMPLER` stream at offset ``(k << 32) | g`` (:meth:`NoiseKey.op_args`,
+    :meth:`NoiseKey.uniform`). The same seed gives sample g the same numbers whatever batch it
+    runs in, on any device and any number of processes.
+
+    >>> cursor = SampleCursor(7, torch.tensor([3, 9]))
+    >>> cursor.next().step, cursor.next().step
+    (0, 1)
+    """
+
+    purpose = Purpose.SAMPLER
+
+    def __init__(self, seed: int, index):
+        _check_int(seed, "seed")
+        index = torch.as_tensor(index, dtype=torch.int64).reshape(-1).cpu()
+        if index.numel() and int(index.min()) < 0:
+            raise ValueError(
+                f"mdfast: argument 'sample_index' must be >= 0, got {int(index.min())}"
+            )
+        self.seed = seed
+        self.index = index
+        self.batch_size = int(index.max()) + 1 if index.numel() else 1
+        self.step = 0
+
+    def next(self, calls: int = 1) -> NoiseKey:
+        """The key of the next op call; reserves ``calls`` consecutive steps (the key of the
+        first)."""
+        if calls < 1:
+            raise ValueError(f"mdfast: argument 'calls' must be >= 1, got {calls}")
+        key = self.at(self.step)
+        self.step += calls
+        return key
+
+    def at(self, step: int) -> NoiseKey:
+        """The key of op call ``step`` (one reserved by :meth:`next`)."""
+        return NoiseKey(self.seed, step, self.index, self.batch_size)
+
+    def __len__(self) -> int:
+        return self.index.numel()
 
 
 _ACTIVE: contextvars.ContextVar[NoiseKey | None] = contextvars.ContextVar(

@@ -9,6 +9,12 @@ Codebases with the flipped convention (MDM-Prime's image code: ``s = 0`` noise, 
 ``P(mask) = 1 - s**n``) convert once, with :func:`flip_time`, and then use these schedules
 unchanged: ``PolynomialSchedule(n).move_chance(flip_time(s)) == 1 - s**n``.
 
+Discrete interpolants ("[MASK] is All You Need") run the other way too: ``s = 0`` all mask,
+``s = 1`` data, and their schedule ``kappa(s)`` is the probability that a token shows its data
+value. So ``kappa(s) = alpha(flip_time(s))``: every kappa schedule of that codebase is a schedule
+here, named in :data:`KAPPA_SCHEDULES` and read through :func:`kappa`, :func:`dkappa` and
+:func:`kappa_rate` (= ``kappa'/(1 - kappa)``, the CTMC unmasking rate and ELBO weight).
+
 All methods take a tensor ``t`` and compute in its dtype (pass float64 for exact comparisons);
 :func:`alpha_at` is the scalar lookup the samplers use for their time grids.
 """
@@ -22,14 +28,23 @@ import torch
 from mdfast import rng
 
 __all__ = [
+    "KAPPA_SCHEDULES",
+    "ArccosSchedule",
+    "ArcsinSchedule",
     "CosineSchedule",
+    "CubicSchedule",
     "LinearSchedule",
     "LogLinearSchedule",
     "PolynomialSchedule",
     "Schedule",
+    "SineSchedule",
     "alpha_at",
+    "dkappa",
     "flip_time",
     "get_schedule",
+    "kappa",
+    "kappa_rate",
+    "kappa_schedule",
     "sample_t",
 ]
 
@@ -147,16 +162,89 @@ class PolynomialSchedule(Schedule):
         return f"PolynomialSchedule(n={self.n})"
 
 
+class SineSchedule(Schedule):
+    """``alpha(t) = cos(pi t / 2)``: the interpolants' ``sine`` kappa ``sin(pi s / 2)``. Loss
+    weight ``(pi/2) sin(pi t / 2) / (1 - cos(pi t / 2))``."""
+
+    name = "sine"
+
+    def alpha(self, t):
+        return torch.cos(0.5 * math.pi * t)
+
+    def dalpha(self, t):
+        return -0.5 * math.pi * torch.sin(0.5 * math.pi * t)
+
+
+class ArccosSchedule(Schedule):
+    """``alpha(t) = 1 - (2/pi) arccos(1 - t)``: the interpolants' ``arccos`` kappa
+    ``1 - (2/pi) arccos(s)``. ``alpha'(t) = -(2/pi) / sqrt(1 - (1 - t)^2)`` is infinite at
+    ``t = 0`` (the seed adds 1e-6 under the root; this is the exact derivative)."""
+
+    name = "arccos"
+
+    def alpha(self, t):
+        return 1 - (2 / math.pi) * torch.acos(1 - t)
+
+    def dalpha(self, t):
+        return -(2 / math.pi) / torch.sqrt(t * (2 - t))
+
+
+class ArcsinSchedule(Schedule):
+    """``alpha(t) = (2/pi) arcsin(1 - t)``: the interpolants' ``arcsin`` kappa
+    ``(2/pi) arcsin(s)``, ``alpha'(t) = -(2/pi) / sqrt(1 - (1 - t)^2)``."""
+
+    name = "arcsin"
+
+    def alpha(self, t):
+        return (2 / math.pi) * torch.asin(1 - t)
+
+    def dalpha(self, t):
+        return -(2 / math.pi) / torch.sqrt(t * (2 - t))
+
+
+class CubicSchedule(Schedule):
+    """The interpolants' ``cubic`` kappa, the Hermite cubic from 0 to 1 with end slopes ``a``
+    (at s = 0) and ``b`` (at s = 1): ``kappa(s) = -2s^3 + 3s^2 + a(s^3 - 2s^2 + s) + b(s^3 - s^2)``
+    (defaults a = 2, b = 0.5), here as ``alpha(t) = kappa(1 - t)``."""
+
+    name = "cubic"
+
+    def __init__(self, a: float = 2.0, b: float = 0.5):
+        self.a, self.b = float(a), float(b)
+
+    def _kappa(self, s):
+        a, b = self.a, self.b
+        return -2 * s**3 + 3 * s**2 + a * (s**3 - 2 * s**2 + s) + b * (s**3 - s**2)
+
+    def _dkappa(self, s):
+        a, b = self.a, self.b
+        return -6 * s**2 + 6 * s + a * (3 * s**2 - 4 * s + 1) + b * (3 * s**2 - 2 * s)
+
+    def alpha(self, t):
+        return self._kappa(1 - t)
+
+    def dalpha(self, t):
+        return -self._dkappa(1 - t)
+
+    def __repr__(self) -> str:
+        return f"CubicSchedule(a={self.a}, b={self.b})"
+
+
 _SCHEDULES = {
     "loglinear": LogLinearSchedule,
     "linear": LinearSchedule,
     "cosine": CosineSchedule,
     "polynomial": PolynomialSchedule,
+    "sine": SineSchedule,
+    "arccos": ArccosSchedule,
+    "arcsin": ArcsinSchedule,
+    "cubic": CubicSchedule,
 }
 
 
 def get_schedule(name: str, **kwargs) -> Schedule:
-    """Schedule by name: ``loglinear`` (eps), ``linear``, ``cosine``, ``polynomial`` (n)."""
+    """Schedule by name: ``loglinear`` (eps), ``linear``, ``cosine``, ``polynomial`` (n),
+    ``sine``, ``arccos``, ``arcsin``, ``cubic`` (a, b)."""
     try:
         cls = _SCHEDULES[name]
     except KeyError:
@@ -164,6 +252,49 @@ def get_schedule(name: str, **kwargs) -> Schedule:
             f"mdfast: argument 'name' must be one of {sorted(_SCHEDULES)}, got {name!r}"
         ) from None
     return cls(**kwargs)
+
+
+# kappa name -> the schedule whose alpha(flip_time(s)) it is (the seed's get_scheduler names;
+# arc_cosine / arc_sin are its spellings of arccos / arcsin)
+KAPPA_SCHEDULES: dict[str, Schedule] = {
+    "linear": LinearSchedule(),
+    "cosine": CosineSchedule(),
+    "cubic": CubicSchedule(),
+    "sine": SineSchedule(),
+    "arccos": ArccosSchedule(),
+    "arcsin": ArcsinSchedule(),
+    "root": PolynomialSchedule(0.5),
+    "quadratic": PolynomialSchedule(2.0),
+}
+_KAPPA_ALIASES = {"arc_cosine": "arccos", "arc_sin": "arcsin"}
+
+
+def kappa_schedule(name: str) -> Schedule:
+    """The schedule of the kappa named ``name`` (one of :data:`KAPPA_SCHEDULES`, or the seed's
+    ``arc_cosine`` / ``arc_sin``); a ValueError naming the option ``kappa`` otherwise."""
+    key = _KAPPA_ALIASES.get(name, name) if isinstance(name, str) else name
+    if key not in KAPPA_SCHEDULES:
+        raise ValueError(
+            f"mdfast: argument 'kappa' must be one of {list(KAPPA_SCHEDULES)}, got {name!r}"
+        )
+    return KAPPA_SCHEDULES[key]
+
+
+def kappa(s: torch.Tensor, name: str = "linear") -> torch.Tensor:
+    """kappa(s) in interpolant time (s = 0 mask, s = 1 data): ``alpha(flip_time(s))``."""
+    return kappa_schedule(name).alpha(flip_time(s))
+
+
+def dkappa(s: torch.Tensor, name: str = "linear") -> torch.Tensor:
+    """d kappa / ds = ``-alpha'(flip_time(s))``."""
+    return -kappa_schedule(name).dalpha(flip_time(s))
+
+
+def kappa_rate(s: torch.Tensor, name: str = "linear") -> torch.Tensor:
+    """kappa'(s) / (1 - kappa(s)): the rate at which a masked token is revealed at time s (the
+    Euler sampler's step is ``h * kappa_rate``) and the interpolants' ELBO weight; it is the
+    masked-CE weight :meth:`Schedule.loss_weight` at ``flip_time(s)`` (``1/(1 - s)`` for linear)."""
+    return kappa_schedule(name).loss_weight(flip_time(s))
 
 
 def alpha_at(t: float, schedule: Schedule | str) -> float:

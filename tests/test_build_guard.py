@@ -6,7 +6,9 @@ fix, when the check process dies."""
 from __future__ import annotations
 
 import ast
+import importlib.util
 import signal
+import types
 from pathlib import Path
 
 import pytest
@@ -56,3 +58,51 @@ def test_post_build_check_stops_the_build_and_names_the_fix(script, says):
         setup["_check_exceptions_raise"]("/some/_C.so", setup["_toolchain"](torch))
     message = str(stop.value)
     assert says in message and "CXX=" in message and "libstdc++" in message
+
+
+def test_post_build_check_that_hangs_is_stopped_and_the_build_goes_on(capsys):
+    setup = _setup_functions()
+    setup["_EXCEPTION_CHECK"] = "import time; time.sleep(60)"
+    setup["_EXCEPTION_CHECK_TIMEOUT"] = 1
+    setup["_check_exceptions_raise"]("/some/_C.so", setup["_toolchain"](torch))
+    assert "did not finish within 1 s" in capsys.readouterr().out
+
+
+def test_old_setuptools_stops_the_build_naming_the_version_needed():
+    setup = _setup_functions()
+    setup["_require_setuptools"]()  # this environment's setuptools is new enough
+    setup["setuptools"] = types.SimpleNamespace(
+        __version__="68.2.2", __file__="/env/site-packages/setuptools/__init__.py"
+    )
+    with pytest.raises(SystemExit) as stop:
+        setup["_require_setuptools"]()
+    message = str(stop.value)
+    assert "setuptools >= 77" in message and "68.2.2" in message and "license" in message
+
+
+def _gpu_check_module():
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "tools" / "gpu_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_check_reads_what_the_build_says(capsys):
+    """`make gpu-check`'s summary names the compiler and the post-build check's outcome from
+    setup.py's own messages (these, not copies of them)."""
+    parse = _gpu_check_module().parse_build_log
+    setup = _setup_functions()
+    tc = setup["_toolchain"](torch)
+    describe = setup["_describe"](tc)
+    assert parse(f"mdfast: {describe}\n")["toolchain"] == describe
+    setup["_EXCEPTION_CHECK"] = "import sys; sys.exit(0)"
+    setup["_check_exceptions_raise"]("/some/_C.so", tc)
+    assert parse(capsys.readouterr().out)["exception_check"].startswith("ok")
+    setup["_EXCEPTION_CHECK"] = f"import os; os.kill(os.getpid(), {int(signal.SIGSEGV)})"
+    with pytest.raises(SystemExit) as stop:
+        setup["_check_exceptions_raise"]("/some/_C.so", tc)
+    assert parse(str(stop.value))["exception_check"] == "FAILED: died of SIGSEGV"
+    setup["_EXCEPTION_CHECK"], setup["_EXCEPTION_CHECK_TIMEOUT"] = "import time; time.sleep(9)", 1
+    setup["_check_exceptions_raise"]("/some/_C.so", tc)
+    assert parse(capsys.readouterr().out)["exception_check"].startswith("stopped")
+    assert parse("")["exception_check"] == "not run"

@@ -174,8 +174,7 @@ def test_train_then_sample(tmp_path, capsys, preset, sampler):
     assert x.shape == (3, 16) and x.min() >= 0 and x.max() < 32  # no mask id left
 
 
-def test_sample_unsupported_objective(tmp_path, capsys):
-    rc, _, err = _run(
-        ["sample", "tiny-ar", f"train.out_dir={tmp_path}", "model.random_init=true"], capsys
-    )
-    assert rc == 1 and "not supported" in err
+def test_sample_sampler_without_meaning_for_the_objective(tmp_path, capsys):
+    rc, _, err = _run(["sample", "tiny-ar", f"train.out_dir={tmp_path}", "model.random_init=true",
+                       "sample.sampler=ddpm_cache"], capsys)  # fmt: skip
+    assert rc == 2 and "sample.sampler 'ddpm_cache'" in err and "objective 'ar'" in err

@@ -277,3 +277,29 @@ def test_prime_noise_and_times_are_keyed(fresh_seed):
     # sample g's time in stratum g of the global batch (mirrored by flip_time here)
     v = 1 - t / (1 - m.eps)
     assert torch.equal(torch.floor(v * B).long(), torch.arange(B))
+
+
+def test_sample_cursor_keys_each_sample_by_its_global_index(fresh_seed):
+    """A sampler's keyed cursor: call k of sample g reads the Purpose.SAMPLER stream at offset
+    (k << 32) | g, the same numbers whatever other samples share the call."""
+    from mdfast import ops
+
+    seed = fresh_seed % 2**40
+    whole = rng.SampleCursor(seed, torch.arange(6))
+    part = rng.SampleCursor(seed, torch.tensor([4, 1]))
+    for k in range(3):
+        a, b = whole.next(), part.next()
+        assert a.step == b.step == k
+        args = a.op_args(Purpose.SAMPLER)
+        assert args[4] == b.op_args(Purpose.SAMPLER)[0] and args[1] == b.op_args(Purpose.SAMPLER)[1]
+        assert args[5][1] == (k << 32) | 5
+        u = a.uniform(Purpose.SAMPLER, 7)
+        torch.testing.assert_close(u[[4, 1]], b.uniform(Purpose.SAMPLER, 7), rtol=0, atol=0)
+        torch.testing.assert_close(u[2], ops.uniform((7,), *args[2], torch.float64), rtol=0, atol=0)
+    assert len({s for s, _ in args}) == 1 and len({o for _, o in args}) == 6
+    assert (
+        rng.SampleCursor(seed + 1, [0]).next().op_args("sampler")
+        != whole.at(0).op_args("sampler")[:1]
+    )
+    with pytest.raises(ValueError, match="'sample_index'"):
+        rng.SampleCursor(seed, [3, -1])

@@ -515,7 +515,7 @@ def test_nvtx_flag_and_bad_arguments(joint, monkeypatch):
     with pytest.raises(ValueError, match="'strategy'"):
         sampling.remdm(model, steps=3, strategy="nope", **kw)
     with pytest.raises(ValueError, match="'sampler'"):
-        sampling.sample(model, sampler="euler", steps=3, **kw)
+        sampling.sample(model, sampler="nope", steps=3, **kw)
     with pytest.raises(ValueError, match="'prefix'"):
         sampling.ddpm(model, steps=3, prefix=torch.tensor([MASK]), **kw)
 
@@ -545,7 +545,8 @@ def test_settings_object_equals_keywords(joint, fresh_seed):
         ("schedule", "sqrt"), ("schedule", 3), ("eps", 1.0), ("temperature", -0.1),
         ("temperature", float("nan")), ("top_p", 0.0), ("top_k", -1), ("nucleus", "top"),
         ("noise_removal", 1), ("strategy", "nope"), ("eta", 1.5), ("t_on", 0.01),
-        ("alpha_on", 1.0),
+        ("alpha_on", 1.0), ("sample_index", [0]), ("sample_index", [0, -1]),
+        ("sample_index", [0.5, 1.0]),
     ],
 )  # fmt: skip
 def test_settings_validation_names_the_option(option, value):
@@ -577,3 +578,27 @@ def test_deprecated_sampling_schedules_alias():
     for name in ("loglinear", "linear", "cosine"):
         assert old.alpha(0.3, name) == alpha_at(0.3, name)
     assert old.sigma_cap is remask_rates.sigma_cap
+
+
+# ------------------------------------------------------------------------------- keyed samples
+
+
+@pytest.mark.parametrize(
+    ("sampler", "split"),
+    [("ddpm_cache", False), ("ddpm_cache", True), ("first_hitting", False), ("remdm-cap", True)],
+)
+def test_keyed_samples_draw_the_exact_law_and_ignore_the_batch(joint, sampler, split, fresh_seed):
+    """``sample_index``: sample g on its own keyed stream (mdfast.rng). The chain's law
+    holds (chi-square, 3000 samples) and a sample does not depend on the batch it is drawn in."""
+    table, model = joint
+    model = SplitDenoiser(table) if split else model
+    kw = {"eta": 0.3} if sampler == "remdm-cap" else {}
+    plan = sampling.remdm_plan("cap", STEPS, **kw) if kw else sampling.grid_plan(STEPS, "linear")
+    law = _chain_law(model.cond, plan)
+    n, seed = 3000, fresh_seed % 2**40
+    opts = {"sampler": sampler, "length": L, "mask_index": MASK, "steps": STEPS, "seed": seed, **kw}
+    res = sampling.sample(model, batch_size=n, sample_index=range(n), **opts)
+    ok, p = _chi2_ok(res.x, law)
+    assert ok, p
+    part = sampling.sample(model, batch_size=3, sample_index=[5, 17, 2999], **opts)
+    assert torch.equal(part.x, res.x[[5, 17, 2999]])

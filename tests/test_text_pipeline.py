@@ -13,7 +13,7 @@ import sys
 
 import pytest
 import torch
-from text_fixtures import docs, write_bpe, write_jsonl
+from text_fixtures import tiny_text_run
 
 from mdfast.cli import main
 from mdfast.experiments import mdlm_compat
@@ -28,16 +28,8 @@ for _k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
 def corpus(tmp_path_factory):
     """A jsonl corpus, a tiny GPT-2-format BPE and the overrides of a tiny MDLM on them."""
     root = tmp_path_factory.mktemp("text")
-    vocab = write_bpe(root / "bpe")
-    write_jsonl(root / "c.jsonl", docs(120, seed=4))
-    v = len(vocab)
-    data = [f"data.source={root / 'c.jsonl'}", f"data.tokenizer={root / 'bpe'}",
-            "data.length=16", "data.valid_docs=20", "data.num_proc=1",
-            f"data.cache_dir={root / 'cache'}", f"data.path={root / 'prep'}"]  # fmt: skip
-    model = [f"model.vocab_size={v + 1}", f"objective.mask_index={v}", "model.hidden_dim=32",
-             "model.cond_dim=16", "model.n_heads=2", "model.n_blocks=1", "train.batch_size=8",
-             "train.progress=false", "train.log_every=1", "train.tensorboard=false",
-             "train.warmup=0", "train.ema=0"]  # fmt: skip
+    v, data, model = tiny_text_run(root, 120, seed=4)
+    model += [f"objective.mask_index={v}", "train.log_every=1", "train.tensorboard=false"]
     assert main(["prepare-text", "mdlm-shakespeare", *data]) == 0
     return root, data, model
 

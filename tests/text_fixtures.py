@@ -47,3 +47,18 @@ def write_jsonl(path, texts, field: str = "text") -> None:
     with open(path, "w") as f:
         for t in texts:
             f.write(json.dumps({field: t, "id": len(t)}) + "\n")
+
+
+def tiny_text_run(root, n_docs: int, seed: int) -> tuple[int, list[str], list[str]]:
+    """A jsonl corpus of ``n_docs`` documents and a tiny GPT-2-format BPE under ``root``: the
+    vocabulary size v (the mask id), the ``data.*`` overrides that prepare it under
+    ``root/prep`` (length 16) and the ``model.*`` / ``train.*`` overrides of a tiny model."""
+    v = len(write_bpe(root / "bpe"))
+    write_jsonl(root / "c.jsonl", docs(n_docs, seed=seed))
+    data = [f"data.source={root / 'c.jsonl'}", f"data.tokenizer={root / 'bpe'}",
+            "data.length=16", "data.valid_docs=20", "data.num_proc=1",
+            f"data.cache_dir={root / 'cache'}", f"data.path={root / 'prep'}"]  # fmt: skip
+    model = [f"model.vocab_size={v + 1}", "model.hidden_dim=32", "model.cond_dim=16",
+             "model.n_heads=2", "model.n_blocks=1", "train.batch_size=8", "train.progress=false",
+             "train.warmup=0", "train.ema=0"]  # fmt: skip
+    return v, data, model

@@ -28,6 +28,7 @@
 #include "../common/dispatch.h"
 #include "../common/linear_masked_ce.h"
 #include "../common/masked_ce_args.h"
+#include "kernel_guard.cuh"
 #include "mdfast/block_reduce.cuh"
 #include "mdfast/online_softmax.h"
 
@@ -203,7 +204,7 @@ std::tuple<at::Tensor, at::Tensor> masked_ce_cuda(const at::Tensor& logits,
                                                   int64_t exclude_index,
                                                   bool /*inplace_backward: autograd only*/) {
   check_masked_ce_args(logits, target, weight, exclude_index);
-  const c10::cuda::CUDAGuard guard(logits.device());
+  const mdfast::cuda::KernelGuard guard(logits.device());
   const int64_t n = logits.size(0), v = logits.size(1);
   const auto acc = ce_acc_dtype(logits.scalar_type());
   at::Tensor loss = at::empty({n}, logits.options().dtype(acc));
@@ -253,7 +254,7 @@ at::Tensor masked_ce_backward_cuda(const at::Tensor& grad_loss, const at::Tensor
                                    const c10::optional<at::Tensor>& weight, const at::Tensor& lse,
                                    int64_t exclude_index) {
   check_masked_ce_backward_args(grad_loss, logits, target, weight, lse, exclude_index);
-  const c10::cuda::CUDAGuard guard(logits.device());
+  const mdfast::cuda::KernelGuard guard(logits.device());
   const at::Tensor x = logits.contiguous();
   at::Tensor out = at::empty(x.sizes(), x.options());
   backward_launch(grad_loss, x, target, weight, lse, exclude_index, out);
@@ -267,7 +268,7 @@ void masked_ce_backward_inplace_cuda(const at::Tensor& grad_loss, at::Tensor& lo
   check_masked_ce_backward_args(grad_loss, logits, target, weight, lse, exclude_index);
   TORCH_CHECK(logits.is_contiguous(),
               "mdfast: argument 'logits' must be contiguous for the in-place backward");
-  const c10::cuda::CUDAGuard guard(logits.device());
+  const mdfast::cuda::KernelGuard guard(logits.device());
   backward_launch(grad_loss, logits, target, weight, lse, exclude_index, logits);
 }
 

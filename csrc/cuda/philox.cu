@@ -7,6 +7,7 @@
 #include <torch/library.h>
 
 #include "../common/philox_args.h"
+#include "kernel_guard.cuh"
 #include "mdfast/philox.h"
 
 namespace mdfast {
@@ -59,7 +60,7 @@ __global__ void uniform_rows_kernel(scalar_t* __restrict__ out, int64_t rows, in
 
 at::Tensor philox4x32_cuda(const at::Tensor& counter, const at::Tensor& key) {
   check_philox4x32_args(counter, key);
-  const c10::cuda::CUDAGuard guard(counter.device());
+  const mdfast::cuda::KernelGuard guard(counter.device());
   const at::Tensor c = counter.contiguous();
   const at::Tensor k = key.contiguous();
   at::Tensor out = at::empty_like(c);
@@ -76,7 +77,7 @@ void uniform_out_cuda(at::Tensor& out, int64_t seed, int64_t offset) {
   check_uniform_args(out, seed, offset);
   const int64_t numel = out.numel();
   if (numel == 0) return;
-  const c10::cuda::CUDAGuard guard(out.device());
+  const mdfast::cuda::KernelGuard guard(out.device());
   const auto stream = c10::cuda::getCurrentCUDAStream();
   const auto s = static_cast<uint64_t>(seed);
   const auto o = static_cast<uint64_t>(offset);

@@ -19,6 +19,7 @@
 #include <tuple>
 
 #include "../common/prime_args.h"
+#include "kernel_guard.cuh"
 #include "mdfast/block_reduce.cuh"
 #include "mdfast/digits.h"
 #include "mdfast/gumbel.h"
@@ -161,7 +162,7 @@ std::tuple<at::Tensor, at::Tensor> prime_ce_cuda(const at::Tensor& logits, const
   check_prime_target(target, logits);
   check_prime_weight(weight, logits);
   const int m = parse_prime_ce_mode(mode);
-  const c10::cuda::CUDAGuard guard(logits.device());
+  const mdfast::cuda::KernelGuard guard(logits.device());
   const at::Tensor z = logits.contiguous();
   const at::Tensor t = target.contiguous();
   const at::Tensor d = digits.contiguous();
@@ -196,7 +197,7 @@ at::Tensor prime_ce_backward_cuda(const at::Tensor& grad, const at::Tensor& logi
   TORCH_CHECK(lse.dim() == 2 && lse.size(0) == shape.rows && lse.size(1) == shape.ell + 1,
               "mdfast: argument 'lse' must have shape [", shape.rows, ", ", shape.ell + 1,
               "], got ", lse.sizes());
-  const c10::cuda::CUDAGuard guard(logits.device());
+  const mdfast::cuda::KernelGuard guard(logits.device());
   const auto acc_type = logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   const at::Tensor g = grad.to(acc_type).contiguous();
   const at::Tensor s = lse.to(acc_type).contiguous();
@@ -347,7 +348,7 @@ at::Tensor prime_sample_step_cuda(const at::Tensor& logits, const at::Tensor& di
       fixed_list = fixed_digits->contiguous();
     }
   }
-  const c10::cuda::CUDAGuard guard(logits.device());
+  const mdfast::cuda::KernelGuard guard(logits.device());
   const at::Tensor z = logits.contiguous();
   const at::Tensor d = digits.contiguous();
   at::Tensor out = at::empty_like(d);

@@ -22,6 +22,7 @@
 
 #include "../common/dispatch.h"
 #include "../common/sampling_args.h"
+#include "kernel_guard.cuh"
 #include "mdfast/online_softmax.h"
 #include "mdfast/sampling.h"
 
@@ -320,7 +321,7 @@ std::tuple<at::Tensor, at::Tensor> sample_x0_cuda(const at::Tensor& logits,
                                                   int64_t seed, int64_t offset) {
   check_sample_x0_args(logits, rows, temperature, top_p, top_k, exclude_index, seed, offset);
   const bool hf = parse_nucleus(std::string(nucleus));
-  const c10::cuda::CUDAGuard guard(logits.device());
+  const mdfast::cuda::KernelGuard guard(logits.device());
   const at::Tensor z = logits.contiguous();
   const int64_t N = z.size(0), V = z.size(1);
   at::Tensor rows_c;
@@ -356,7 +357,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mask_step_cuda(
   check_mask_step_args(x, logits, alpha_t, alpha_s, remask, confidence, mask_index, temperature,
                        top_p, top_k, seed, offset);
   const bool hf = parse_nucleus(std::string(nucleus));
-  const c10::cuda::CUDAGuard guard(x.device());
+  const mdfast::cuda::KernelGuard guard(x.device());
   const int64_t B = x.size(0), L = x.size(1), N = B * L;
   const at::Tensor xc = x.contiguous();
   const at::Tensor at_c = alpha_t.contiguous(), as_c = alpha_s.contiguous();

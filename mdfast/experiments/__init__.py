@@ -84,13 +84,40 @@ def _eval_defaults(_: dict) -> dict:
             "precision": "auto", "out": ""}  # fmt: skip
 
 
-def _sample_defaults(_: dict) -> dict:
-    return {"ckpt": "", "sampler": "ddpm_cache", "steps": 128, "batch_size": 4, "length": 0,
-            "seed": 0, "schedule": "", "temperature": 1.0, "top_p": 1.0, "top_k": 0,
-            "noise_removal": True, "use_ema": True, "out": "", "precision": "auto",
-            # ReMDM (eta < 0: the strategy's default), semi-AR windows, repeated batches
-            "eta": -1.0, "t_on": 0.55, "t_off": 0.05, "alpha_on": 0.9,
-            "semi_ar": False, "stride_length": 0, "num_strides": 0, "num_batches": 1}  # fmt: skip
+def _sample_defaults(given: dict) -> dict:
+    # sampler: "" = the objective's default; preset: a named sampler setting
+    # (generation.SAMPLER_PRESETS, the ReMDM paper's), applied before the other sample.* keys;
+    # num_samples: 0 = batch_size x num_batches; out: the JSONL file (resumed when it exists)
+    out = {"ckpt": "", "preset": "", "sampler": "", "steps": 128, "batch_size": 4, "length": 0,
+           "num_samples": 0, "seed": 0, "schedule": "", "temperature": 1.0, "top_p": 1.0,
+           "top_k": 0, "nucleus": "remdm", "noise_removal": True, "use_ema": True, "out": "",
+           "overwrite": False, "precision": "auto", "progress": True,
+           # ReMDM (eta < 0: the strategy's default), semi-AR windows, repeated batches
+           "eta": -1.0, "t_on": 0.55, "t_off": 0.05, "alpha_on": 0.9,
+           "semi_ar": False, "stride_length": 0, "num_strides": 0, "num_batches": 1,
+           # AR: KV-cached incremental decoding
+           "kv_cache": True,
+           # conditioning: a prompt (prefix), an infix at a position, or prefixes of
+           # prefix_len tokens from a prepared split, cond_repeats samples per prefix
+           "prompt": "", "infix": "", "infix_at": -1, "cond_data": "",
+           "cond_split": "validation", "prefix_len": 0, "cond_repeats": 1,
+           # discrete interpolants (sampler euler | maskgit): guidance scale, the class of
+           # every sample (-1: classes 0, 1, ... in turn), text embeddings [N, T, C] (.npy, or
+           # .npz member context; sample i gets row i mod N), kappa ("" = the objective's), the
+           # Euler and MaskGIT options of mdfast.sampling.interpolant (null = "none")
+           "cfg_scale": 1.0, "label": -1, "context": "", "kappa": "", "t_min": 0.0,
+           "max_last": False, "anneal_noise": None, "reveal": "linear", "randomize": "linear",
+           "r_temp": 4.5}  # fmt: skip
+    name = given.get("preset") or ""
+    if name:
+        from mdfast.experiments.generation import SAMPLER_PRESETS
+
+        if name not in SAMPLER_PRESETS:
+            raise ConfigError(
+                f"mdfast: unknown sample.preset '{name}'; valid: {sorted(SAMPLER_PRESETS)}"
+            )
+        out.update(SAMPLER_PRESETS[name], preset=name)
+    return out
 
 
 _DEFAULTS = {

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from mdfast.experiments import image, text, text_data
+from mdfast.experiments import image, text, text_data, text_samplers
 from mdfast.experiments.data import load_tokens, synthetic_grid, synthetic_text
 from mdfast.experiments.registry import (
     register_data,
     register_model,
     register_objective,
     register_presets,
+    register_sampler,
 )
 
 __all__ = ["register"]
@@ -159,7 +160,19 @@ def register() -> None:
     )
     register_objective(
         "interpolant",
-        {"mask_index": -1, "kappa": "linear", "t_min": 1e-3, "p_uncond": 0.1, "num_classes": 0},
+        {
+            "mask_index": -1,
+            "kappa": "linear",
+            "t_min": 1e-3,
+            "p_uncond": 0.1,
+            "num_classes": 0,
+            "coupling": "ucoupling",
+            "coupling_mask_prob": 0.8,
+            "smooth": 0.0,
+            "mask_ce": True,
+            "elbo": False,
+            "sigmoid_shift": None,
+        },
         _interpolant,
     )
 
@@ -176,5 +189,7 @@ def register() -> None:
     register_data("tokens", {"path": "", "val_path": "", "val_fraction": 0.01}, _tokens)
     register_data("text", text_data.TEXT_DATA_DEFAULTS, text_data.load)
 
+    for objective, entry in text_samplers.ENTRIES.items():
+        register_sampler(objective, entry)
     register_presets(text.PRESETS)
     register_presets(image.PRESETS)

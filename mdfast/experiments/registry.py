@@ -17,7 +17,9 @@ Tables (name → entry):
   fields without ``name`` and ``preset``;
 - ``OBJECTIVES``: ``(default fields, factory(model, fields) -> objective)``;
 - ``DATA``: ``(default fields, loader(fields) -> (train, validation))``;
-- ``PRESETS``: raw presets (nested dicts, see :mod:`mdfast.experiments`).
+- ``PRESETS``: raw presets (nested dicts, see :mod:`mdfast.experiments`);
+- ``SAMPLERS``: objective name → :class:`mdfast.experiments.generation.SamplerEntry` (the
+  samplers ``mdfast sample`` runs for that objective, see :func:`register_sampler`).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ __all__ = [
     "MODELS",
     "OBJECTIVES",
     "PRESETS",
+    "SAMPLERS",
     "ConfigError",
     "data_entry",
     "load_experiments",
@@ -42,6 +45,8 @@ __all__ = [
     "register_model",
     "register_objective",
     "register_presets",
+    "register_sampler",
+    "sampler_entry",
 ]
 
 
@@ -53,6 +58,7 @@ MODELS: dict[str, tuple[Callable[[dict], dict], Callable]] = {}
 OBJECTIVES: dict[str, tuple[dict, Callable]] = {}
 DATA: dict[str, tuple[dict, Callable]] = {}
 PRESETS: dict[str, dict] = {}
+SAMPLERS: dict[str, object] = {}
 
 _loaded = False
 
@@ -78,6 +84,14 @@ def register_data(name: str, defaults: dict, loader: Callable) -> None:
 def register_presets(presets: dict[str, dict]) -> None:
     """Add raw presets (``{"model": {...}, "objective": {...}, ...}``) by name."""
     PRESETS.update(presets)
+
+
+def register_sampler(objective: str, entry) -> None:
+    """Make ``mdfast sample`` run ``objective``'s checkpoints: ``entry`` is a
+    :class:`mdfast.experiments.generation.SamplerEntry` (its sampler names, the default one and
+    ``run(job, given, indices) -> SampleResult``). A later registration for the same objective
+    replaces the earlier one."""
+    SAMPLERS[objective] = entry
 
 
 def load_experiments() -> None:
@@ -121,6 +135,16 @@ def objective_entry(name: str) -> tuple[dict, Callable]:
 
 def data_entry(name: str) -> tuple[dict, Callable]:
     return _entry(DATA, name, "data.name")
+
+
+def sampler_entry(objective: str):
+    load_experiments()
+    if objective not in SAMPLERS:
+        raise ConfigError(
+            f"mdfast: objective '{objective}' has no sampler registered for mdfast sample; "
+            f"objectives with one: {sorted(SAMPLERS)}"
+        )
+    return SAMPLERS[objective]
 
 
 def presets() -> dict[str, dict]:

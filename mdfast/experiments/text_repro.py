@@ -24,7 +24,7 @@ import os
 import sys
 import time
 
-__all__ = ["main"]
+__all__ = ["main", "prepare", "train"]
 
 _MODELS = (("mdlm", "MDLM (SUBS)"), ("sedd", "SEDD (absorbing)"), ("ar", "AR"))
 
@@ -35,6 +35,21 @@ def _cli(argv: list[str]) -> None:
     rc = cli_main(argv)
     if rc != 0:
         raise SystemExit(f"mdfast {' '.join(argv)} failed with status {rc}")
+
+
+def prepare(data: str) -> None:
+    """``mdfast prepare-text shakespeare`` into ``data`` (kept when already prepared)."""
+    _cli(["prepare-text", "shakespeare", f"data.path={data}", "data.num_proc=2"])
+
+
+def train(name: str, out: str, data: str, steps: int = 250, batch_size: int = 8,
+          lr: float = 2e-3) -> str:  # fmt: skip
+    """Train (or resume) ``<name>-shakespeare`` into ``<out>/<name>``; returns the run dir."""
+    run = os.path.join(out, name)
+    _cli(["train", f"{name}-shakespeare", f"data.path={data}", f"train.steps={steps}",
+          f"train.batch_size={batch_size}", f"train.lr={lr}", "train.progress=false",
+          f"train.out_dir={run}", "--resume"])  # fmt: skip
+    return run
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,15 +66,12 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(a.out, exist_ok=True)
     times = {}
     t0 = time.perf_counter()
-    _cli(["prepare-text", "shakespeare", f"data.path={a.data}", "data.num_proc=2"])
+    prepare(a.data)
     times["prepare"] = time.perf_counter() - t0
-    common = [f"data.path={a.data}", f"train.steps={a.steps}", f"train.batch_size={a.batch_size}",
-              f"train.lr={a.lr}", "train.progress=false"]  # fmt: skip
     results = {}
     for name, _ in _MODELS:
-        run = os.path.join(a.out, name)
         t = time.perf_counter()
-        _cli(["train", f"{name}-shakespeare", *common, f"train.out_dir={run}", "--resume"])
+        run = train(name, a.out, a.data, a.steps, a.batch_size, a.lr)
         times[f"train_{name}"] = time.perf_counter() - t
         t = time.perf_counter()
         res_file = os.path.join(run, "eval.json")

@@ -25,10 +25,10 @@ evenly. The weight T(α_s − α_t)/(1 − α_t) is exact for every schedule (fo
 **Autoregressive.** NLL_j = Σ_{i ≥ 1} −log p(x_i | x_{<i}) over attended positions: exact, no
 sampling; the standard error is the spread between sequences.
 
-Every random draw (u_j, and the mask of sequence j at replicate k) is a counter-based Philox
-draw keyed by (seed, purpose, j, k), so the numbers do not depend on the batch size or on how
-many processes share the split (under torchrun each rank takes a contiguous block of sequences
-and the sums are all-reduced).
+Every random draw (u_j, and the mask of sequence j at replicate k) is a keyed Philox draw
+(:mod:`mdfast.rng`: the stream of (seed, purpose, replicate k) at offset j), so the numbers do
+not depend on the batch size or on how many processes share the split (under torchrun each rank
+takes a contiguous block of sequences and the sums are all-reduced).
 """
 
 from __future__ import annotations
@@ -37,40 +37,23 @@ import math
 
 import torch
 
-from mdfast import ops
+from mdfast import ops, rng
 
 __all__ = ["evaluate_likelihood", "keyed_uniform", "sequence_terms", "supports", "time_lattice"]
 
-_PURPOSE_T, _PURPOSE_MASK = 1, 2
-_M32 = 0xFFFFFFFF
 
-
-def keyed_uniform(seed: int, purpose: int, index: torch.Tensor, replicate: int, n: int):
-    """Float64 uniforms in (0, 1), shape [len(index), n]: element (b, p) is a function of
-    (seed, purpose, index[b], replicate, p) only (one Philox4x32 block each)."""
-    index = index.to(torch.int64)
-    b = index.numel()
-    pos = torch.arange(n, device=index.device, dtype=torch.int64)
-    counter = torch.stack(
-        [
-            pos[None, :].expand(b, n),
-            torch.full((b, n), replicate & _M32, device=index.device, dtype=torch.int64),
-            (index & _M32)[:, None].expand(b, n),
-            (((index >> 32) & 0xFFFFFF) | (purpose << 24))[:, None].expand(b, n),
-        ],
-        dim=-1,
-    ).reshape(-1, 4)
-    key = torch.tensor([seed & _M32, (seed >> 32) & _M32], dtype=torch.int64, device=index.device)
-    words = ops.philox4x32(counter, key)
-    hi, lo = (words[:, 0] >> 5).double(), (words[:, 1] >> 6).double()  # 27 + 26 = 53 bits
-    u = (hi * 67108864.0 + lo + 0.5) / 9007199254740992.0
-    return u.view(b, n)
+def keyed_uniform(seed: int, purpose: rng.Purpose, index: torch.Tensor, replicate: int, n: int):
+    """Float64 uniforms in (0, 1), shape [len(index), n]: row b is the stream
+    (``seed``, ``purpose``, "eval", ``replicate``) of :mod:`mdfast.rng` at offset ``index[b]``,
+    so it depends on (seed, purpose, sequence index, replicate) only."""
+    stream = rng.stream_seed(seed, purpose, "eval", replicate)
+    return ops.uniform_rows(index.to(torch.int64), n, stream, torch.float64)
 
 
 def time_lattice(seed: int, index: torch.Tensor, K: int, eps: float, T: int = 0):
     """[B, K] diffusion times: u_{jk} = (u_j + k)/K, then t = ε + (1 − ε)u (continuous) or
     t = (⌊uT⌋ + 1)/T (discrete)."""
-    u = keyed_uniform(seed, _PURPOSE_T, index, 0, 1)
+    u = keyed_uniform(seed, rng.Purpose.TIME, index, 0, 1)
     lat = (u + torch.arange(K, device=u.device, dtype=torch.float64)[None, :]) / K
     if T > 0:
         return ((lat * T).floor().clamp(max=T - 1) + 1) / T
@@ -124,7 +107,7 @@ def sequence_terms(objective, x0, attn, index, *, K: int = 1, T: int = 0, seed: 
     total = torch.zeros(x0.shape[0], device=x0.device, dtype=torch.float64)
     for k in range(K):
         t = ts[:, k]
-        u = keyed_uniform(seed, _PURPOSE_MASK, index, k, x0[0].numel()).view(x0.shape)
+        u = keyed_uniform(seed, rng.Purpose.MASK, index, k, x0[0].numel()).view(x0.shape)
         mc = sched.move_chance(t).reshape(-1, *([1] * (x0.dim() - 1)))
         xt = torch.where(u < mc, objective.mask_index, x0)
         tf = t.float()

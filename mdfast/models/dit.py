@@ -32,6 +32,7 @@ from torch import nn
 from mdfast.models.config import configure
 from mdfast.models.dropout import KeyedDropout, name_dropout_streams
 from mdfast.models.embeddings import sinusoidal_embedding
+from mdfast.models.kv_cache import KVCache
 
 try:  # optional fast path
     from flash_attn import flash_attn_qkvpacked_func as _flash_qkvpacked
@@ -199,7 +200,9 @@ class DDiTBlock(nn.Module):
         nn.init.zeros_(self.adaLN_modulation.weight)
         nn.init.zeros_(self.adaLN_modulation.bias)
 
-    def forward(self, x, rotary_cos_sin, c, backend="auto"):
+    def forward(self, x, rotary_cos_sin, c, backend="auto", kv=None):
+        """``kv``: this block's :class:`~mdfast.models.kv_cache.LayerKV` when decoding
+        incrementally (``x`` holds only the new positions; ``rotary_cos_sin`` is theirs)."""
         b, s, d = x.shape
         mod = self.adaLN_modulation(c)[:, None]
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mod.chunk(6, dim=2)
@@ -209,8 +212,10 @@ class DDiTBlock(nn.Module):
         cos, sin = rotary_cos_sin
         q = apply_rotary(qkv[:, :, 0], cos, sin)
         k = apply_rotary(qkv[:, :, 1], cos, sin)
-        qkv = torch.stack([q, k, qkv[:, :, 2]], dim=2)
-        h = _attention(qkv, backend, self.causal)
+        if kv is not None:
+            h = kv.attend(q, k, qkv[:, :, 2])
+        else:
+            h = _attention(torch.stack([q, k, qkv[:, :, 2]], dim=2), backend, self.causal)
         x = x_skip + gate_msa * self.dropout1(self.attn_out(h))
         h = self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
         return x + gate_mlp * self.dropout2(h)
@@ -279,18 +284,37 @@ class DiT(nn.Module):
             sigma = sigma.expand(batch)
         return F.silu(self.sigma_map(sigma))
 
-    def trunk(self, x: torch.Tensor, sigma: torch.Tensor | None = None, embeds=None):
+    def trunk(self, x: torch.Tensor, sigma: torch.Tensor | None = None, embeds=None, cache=None):
         """Token ids [B, L] -> output features [B, L, D] (everything but the vocab projection).
 
-        ``embeds`` ([B, L, D]) replaces the token embedding when given (IMDM).
+        ``embeds`` ([B, L, D]) replaces the token embedding when given (IMDM). ``cache``: a
+        :class:`~mdfast.models.kv_cache.KVCache` of a causal model (:meth:`new_cache`); ``x``
+        then holds only the new tokens, at absolute positions ``cache.length`` onwards, and the
+        cache is extended by them.
         """
         h = self.embed(x) if embeds is None else embeds
         c = self.condition(sigma, h.shape[0], h.device)
-        rot = self.rotary_emb(h.shape[1], h.device)
         backend = self.config.attn_backend
-        for block in self.blocks:
-            h = block(h, rot, c, backend)
+        if cache is None:
+            rot = self.rotary_emb(h.shape[1], h.device)
+            for block in self.blocks:
+                h = block(h, rot, c, backend)
+            return self.output_layer.features(h, c)
+        if not self.causal:
+            raise ValueError("mdfast: a KV cache needs a causal model (DiT(..., causal=True))")
+        start = cache.length
+        cos, sin = self.rotary_emb(start + h.shape[1], h.device)
+        rot = (cos[start:], sin[start:])
+        for block, kv in zip(self.blocks, cache.layers, strict=True):
+            h = block(h, rot, c, backend, kv=kv)
         return self.output_layer.features(h, c)
+
+    def new_cache(self, capacity: int | None = None) -> KVCache:
+        """An empty KV cache for incremental decoding of up to ``capacity`` positions (default
+        ``config.model_length``); causal models only."""
+        if not self.causal:
+            raise ValueError("mdfast: a KV cache needs a causal model (DiT(..., causal=True))")
+        return KVCache(len(self.blocks), capacity or self.config.model_length)
 
     def hidden(self, x: torch.Tensor, sigma: torch.Tensor | None = None) -> torch.Tensor:
         """Alias of :meth:`trunk`: the ``hidden(x)`` / ``head(h_rows)`` split that
@@ -315,8 +339,10 @@ class DiT(nn.Module):
     def head_bias(self) -> torch.Tensor:
         return self.output_layer.linear.bias
 
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor | None = None) -> torch.Tensor:
-        return self.head(self.trunk(x, sigma))
+    def forward(
+        self, x: torch.Tensor, sigma: torch.Tensor | None = None, cache: KVCache | None = None
+    ) -> torch.Tensor:
+        return self.head(self.trunk(x, sigma, cache=cache))
 
     # -- checkpoints ---------------------------------------------------------------------------
     @classmethod

@@ -7,7 +7,10 @@ change — and returns a :class:`SampleResult` with the samples, the number of d
 of steps taken. The same ``seed`` gives the same samples: all randomness comes from the Philox
 streams of :func:`mdfast.ops.mask_step`, :func:`mdfast.ops.sample_x0` and
 :func:`mdfast.ops.uniform`, one offset per op call from a :class:`mdfast.rng.PhiloxStream` of
-``seed``. ``schedule`` is a name of :func:`mdfast.schedules.get_schedule` or a schedule object.
+``seed`` — or, with ``sample_index`` (global indices of the batch's samples in a larger job),
+one keyed stream per sample (:class:`mdfast.rng.SampleCursor`), so that sample g does not
+depend on the batch it runs in. ``schedule`` is a name of :func:`mdfast.schedules.get_schedule`
+or a schedule object.
 
 Time runs on MDLM's grid t_k = linspace(1, eps, T + 1); a step goes t = t_k -> s = t_{k+1}.
 
@@ -33,9 +36,14 @@ Time runs on MDLM's grid t_k = linspace(1, eps, T + 1); a step goes t = t_k -> s
   SEDD's denoiser step (every masked position *samples* its token).
 * :func:`remdm` — ReMDM remasking (cap, rescale, conf, loop), the forward-backward corrector
   (``"fb"``) and the DFM corrector (``"dfm"``) on MDLM's cached chain with alpha_t = 1 - t.
+* :func:`ar_sample` — ancestral sampling of a causal (AR) model, KV-cached, each sample on its
+  own keyed stream (:class:`mdfast.rng.SampleCursor`).
 * :func:`semi_ar` — semi-autoregressive generation; ``prefix=`` conditions any sampler on fixed
   leading tokens (carry-over keeps them; remasking never touches them).
-* :func:`sample` — any of them by name (``"ddpm_cache"``, ``"remdm-conf"``, ...).
+* :func:`euler` and :func:`maskgit` (:mod:`mdfast.sampling.interpolant`) — the discrete-interpolant
+  samplers (time 0 = mask, 1 = data) over token grids, with classifier-free guidance in one
+  batched forward (:mod:`mdfast.sampling.guidance`); options in :class:`InterpolantSettings`.
+* :func:`sample` — any of them by name (``"ddpm_cache"``, ``"remdm-conf"``, ``"euler"``, ...).
 
 Options: every sampler takes a :class:`SamplerSettings` (validated once, errors name the option)
 or the same options as keywords. alpha(t) comes from :func:`mdfast.schedules.alpha_at`, the ReMDM
@@ -49,8 +57,11 @@ from __future__ import annotations
 
 from mdfast.sampling import remask_rates
 from mdfast.sampling.ancestral import analytic, ddpm, ddpm_cache, first_hitting
+from mdfast.sampling.ar import ar_sample
 from mdfast.sampling.chain import SampleResult, grid_plan
 from mdfast.sampling.dispatch import sample, sampler_names
+from mdfast.sampling.guidance import guided_logits
+from mdfast.sampling.interpolant import InterpolantSettings, euler, maskgit
 from mdfast.sampling.remdm import remdm, remdm_plan
 from mdfast.sampling.semi_ar import semi_ar
 from mdfast.sampling.settings import LOOP_DEFAULTS, REMDM_DEFAULTS, SamplerSettings
@@ -58,13 +69,18 @@ from mdfast.sampling.settings import LOOP_DEFAULTS, REMDM_DEFAULTS, SamplerSetti
 __all__ = [
     "LOOP_DEFAULTS",
     "REMDM_DEFAULTS",
+    "InterpolantSettings",
     "SampleResult",
     "SamplerSettings",
     "analytic",
+    "ar_sample",
     "ddpm",
     "ddpm_cache",
+    "euler",
     "first_hitting",
     "grid_plan",
+    "guided_logits",
+    "maskgit",
     "remask_rates",
     "remdm",
     "remdm_plan",

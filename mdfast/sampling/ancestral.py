@@ -3,7 +3,8 @@ sampler for the absorbing graph; the math is in the :mod:`mdfast.sampling` docst
 
 Each takes a :class:`~mdfast.sampling.settings.SamplerSettings` or its options as keywords
 (``batch_size``, ``length``, ``mask_index``, ``steps``, ``seed``, ``schedule``, ``eps``,
-``noise_removal``, ``temperature``, ``top_p``, ``top_k``, ``nucleus``, ``prefix``, ``device``,
+``noise_removal``, ``temperature``, ``top_p``, ``top_k``, ``nucleus``, ``prefix``,
+``sample_index``, ``device``,
 plus ``time_conditioned`` / ``per_row_cache`` where a sampler reads them).
 """
 
@@ -12,15 +13,16 @@ from __future__ import annotations
 import torch
 
 from mdfast import ops
+from mdfast.rng import SampleCursor
 from mdfast.sampling.chain import (
     SampleResult,
     _chain,
-    _draw_kw,
     _grid,
     _noise_removal,
     _nvtx,
     _start,
     grid_plan,
+    sample_x0_rows,
 )
 from mdfast.sampling.settings import SamplerSettings, settings_for
 from mdfast.schedules import alpha_at
@@ -33,9 +35,9 @@ def ddpm(model, settings: SamplerSettings | None = None, /, **options) -> Sample
     then (``noise_removal``) the argmax of the remaining masked positions at t = eps. Default
     schedule ``"loglinear"``; reads ``time_conditioned`` (default False)."""
     st = settings_for("ddpm", settings, options, "time_conditioned")
-    den, rng, x, P = _start(model, st, bool(st.time_conditioned))
+    den, rng, x, fixed = _start(model, st, bool(st.time_conditioned))
     plan = grid_plan(st.steps, st.schedule or "loglinear", st.eps)
-    x, _ = _chain(den, x, plan, st=st, rng=rng, cache=False, prefix_len=P)
+    x, _ = _chain(den, x, plan, st=st, rng=rng, cache=False, fixed=fixed)
     if st.noise_removal:
         _noise_removal(den, None, x, plan[-1][1], st, rng)
     return SampleResult(x, den.calls, len(plan), den.sequences)
@@ -52,10 +54,10 @@ def ddpm_cache(model, settings: SamplerSettings | None = None, /, **options) -> 
     (the denoiser must treat batch rows independently and return a fresh tensor)."""
     st = settings_for("ddpm_cache", settings, options, "time_conditioned", "per_row_cache")
     tc = bool(st.time_conditioned)
-    den, rng, x, P = _start(model, st, tc)
+    den, rng, x, fixed = _start(model, st, tc)
     plan = grid_plan(st.steps, st.schedule or "linear", st.eps)
     x, out = _chain(
-        den, x, plan, st=st, rng=rng, cache=not tc, prefix_len=P, per_row=st.per_row_cache
+        den, x, plan, st=st, rng=rng, cache=not tc, fixed=fixed, per_row=st.per_row_cache
     )
     if st.noise_removal:
         _noise_removal(den, out, x, plan[-1][1], st, rng)
@@ -85,7 +87,12 @@ def first_hitting(model, settings: SamplerSettings | None = None, /, **options) 
     # Every masked position's unmask step, drawn once: positions never remask and the event
     # times do not depend on the tokens, only the draws at each event do.
     pos = (x == st.mask_index).reshape(-1).nonzero()[:, 0]
-    u = ops.uniform((pos.numel(),), *rng.next(), device=x.device)
+    keyed = isinstance(rng, SampleCursor)
+    if keyed:  # sample b's uniforms on its key; event step j draws at step base + j - 1
+        u = rng.next().uniform(rng.purpose, L, device=x.device).reshape(-1)[pos]
+        base = rng.next(T).step
+    else:
+        u = ops.uniform((pos.numel(),), *rng.next(), device=x.device)
     j = T + 1 - torch.searchsorted(m_rev, u * m[0], side="left")  # first j: m_j < u m_0
     fires = j <= T
     pos, j = pos[fires], j[fires]
@@ -99,7 +106,8 @@ def first_hitting(model, settings: SamplerSettings | None = None, /, **options) 
         out = den(x[seqs], times[step - 1])
         local = torch.searchsorted(seqs, fire // L) * L + fire % L
         with _nvtx("sample"):
-            tok, _ = ops.sample_x0(den.rows(out, local), None, **_draw_kw(st, rng))
+            key = rng.at(base + step - 1) if keyed else None
+            tok, _ = sample_x0_rows(den.rows(out, local), fire, L, st, rng, key=key)
             x.view(-1)[fire] = tok
         events += 1
     if st.noise_removal:
@@ -113,9 +121,9 @@ def analytic(model, settings: SamplerSettings | None = None, /, **options) -> Sa
     samples every still-masked position from p_theta. Default schedule ``"loglinear"``."""
     st = settings_for("analytic", settings, options, "time_conditioned")
     tc = True if st.time_conditioned is None else st.time_conditioned
-    den, rng, x, P = _start(model, st, tc)
+    den, rng, x, fixed = _start(model, st, tc)
     plan = grid_plan(st.steps, st.schedule or "loglinear", st.eps)
-    x, out = _chain(den, x, plan, st=st, rng=rng, cache=not tc, prefix_len=P)
+    x, out = _chain(den, x, plan, st=st, rng=rng, cache=not tc, fixed=fixed)
     if st.noise_removal:
         _noise_removal(den, out if not tc else None, x, plan[-1][1], st, rng, sample=True)
     return SampleResult(x, den.calls, len(plan), den.sequences)

@@ -43,7 +43,7 @@ def remdm(model, settings: SamplerSettings | None = None, /, **options) -> Sampl
     ReMDM's valid range. ``per_row_cache`` as in :func:`ddpm_cache`."""
     st = settings_for("remdm", settings, options, *REMDM_OPTIONS)
     tc = bool(st.time_conditioned)
-    den, rng, x, P = _start(model, st, tc)
+    den, rng, x, fixed = _start(model, st, tc)
     plan = remdm_plan(
         st.strategy,
         st.steps,
@@ -60,7 +60,7 @@ def remdm(model, settings: SamplerSettings | None = None, /, **options) -> Sampl
         st=st,
         rng=rng,
         cache=not tc,
-        prefix_len=P,
+        fixed=fixed,
         conf_mode=st.strategy == "conf",
         per_row=st.per_row_cache,
     )

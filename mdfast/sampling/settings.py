@@ -57,6 +57,9 @@ class SamplerSettings:
 
     Draws: ``temperature``, ``top_p``, ``top_k``, ``nucleus`` (``"remdm"`` or ``"hf"``) as in
     :func:`mdfast.ops.sample_x0`; ``seed`` keys the Philox stream (same seed, same samples).
+    ``sample_index`` ([B] global indices of the batch's samples in a larger job, or None): each
+    sample then draws from its own keyed stream (:class:`mdfast.rng.SampleCursor`), so sample g
+    is the same whatever batch it runs in; None: one stream for the batch (op call k at offset k).
 
     Denoiser: ``time_conditioned`` (None = the sampler's default) and ``per_row_cache`` (refresh
     the cached output only for the rows whose x changed).
@@ -78,6 +81,7 @@ class SamplerSettings:
     top_k: int = 0
     nucleus: str = "remdm"
     prefix: torch.Tensor | None = field(default=None, compare=False)
+    sample_index: torch.Tensor | None = field(default=None, compare=False)
     time_conditioned: bool | None = None
     per_row_cache: bool = False
     device: torch.device | str | None = None
@@ -115,6 +119,8 @@ class SamplerSettings:
             raise _bad("top_k", ">= 0", self.top_k)
         if self.nucleus not in ("remdm", "hf"):
             raise _bad("nucleus", "'remdm' or 'hf'", self.nucleus)
+        if self.sample_index is not None:
+            object.__setattr__(self, "sample_index", self._check_index(self.sample_index))
         for name in ("noise_removal", "per_row_cache"):
             if not isinstance(getattr(self, name), bool):
                 raise _bad(name, "a bool", getattr(self, name))
@@ -131,6 +137,22 @@ class SamplerSettings:
             )
         if not _is_real(self.alpha_on) or not 0.0 < self.alpha_on < 1.0:
             raise _bad("alpha_on", "in (0, 1)", self.alpha_on)
+
+    def _check_index(self, index) -> torch.Tensor:
+        try:
+            index = torch.as_tensor(list(index) if isinstance(index, range) else index)
+        except (TypeError, ValueError, RuntimeError):
+            raise _bad("sample_index", "a sequence of ints", index) from None
+        if index.dtype.is_floating_point or index.dtype == torch.bool or index.dim() != 1:
+            raise _bad("sample_index", "a 1-D sequence of ints", index)
+        if index.numel() != self.batch_size:
+            raise ValueError(
+                f"mdfast: argument 'sample_index' must hold batch_size={self.batch_size} "
+                f"indices, got {index.numel()}"
+            )
+        if int(index.min()) < 0 or int(index.max()) >= 2**32 - 1:
+            raise _bad("sample_index", "in [0, 2**32 - 1)", index)
+        return index.to(torch.int64).cpu()
 
     @property
     def remdm_eta(self) -> float:
@@ -166,7 +188,7 @@ FIELDS = tuple(f.name for f in fields(SamplerSettings))
 # the options every sampler reads; each sampler adds its own
 COMMON_OPTIONS = ("batch_size", "length", "mask_index", "steps", "seed", "schedule", "eps",
                   "noise_removal", "temperature", "top_p", "top_k", "nucleus", "prefix",
-                  "device")  # fmt: skip
+                  "sample_index", "device")  # fmt: skip
 
 
 def settings_for(

@@ -15,7 +15,19 @@ import sys
 import time
 from dataclasses import asdict
 
-__all__ = ["Progress", "RunLog"]
+__all__ = ["Progress", "RunLog", "progress_bar"]
+
+
+def progress_bar(total: int, desc: str, unit: str, enabled: bool, *, initial: int = 0,
+                 leave: bool = True):  # fmt: skip
+    """A tqdm bar on stderr, or None when disabled or tqdm is missing."""
+    if not enabled:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, initial=initial, desc=desc, unit=unit, file=sys.stderr, leave=leave)
 
 
 class Progress:

@@ -17,6 +17,7 @@ from mdfast import rng
 
 __all__ = [
     "apply_fsdp",
+    "autocast_dtype",
     "deterministic_kernels",
     "full_state_dict_options",
     "rng_state",
@@ -99,6 +100,16 @@ def deterministic_kernels(on: bool):
     finally:
         torch.use_deterministic_algorithms(before[0], warn_only=before[1])
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before[2:]
+
+
+def autocast_dtype(precision: str, device, option: str = "precision"):
+    """The autocast dtype of ``precision``: ``auto`` = bf16 on CUDA, fp32 (None) elsewhere;
+    ``bf16``; ``fp32`` (None). A bad value raises naming ``option``."""
+    if precision not in ("auto", "bf16", "fp32"):
+        raise ValueError(f"mdfast: {option} must be auto, bf16 or fp32, got '{precision}'")
+    if precision == "bf16" or (precision == "auto" and torch.device(device).type == "cuda"):
+        return torch.bfloat16
+    return None
 
 
 def unwrap(m: nn.Module) -> nn.Module:
