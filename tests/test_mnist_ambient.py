@@ -15,6 +15,7 @@ from mdfast.experiments.mnist.objectives import (
     AmbientMDLM,
     MDLMBaseline,
     NaiveCorrupted,
+    make_objective,
     pixel_ce,
 )
 from mdfast.metrics.elbo import nelbo_bits_per_token
@@ -49,14 +50,15 @@ def test_unet_shapes_and_depends_on_x_only():
         model(torch.zeros(2, 100, dtype=torch.long))
 
 
-@pytest.mark.parametrize("kind", ["baseline", "naive", "ambient"])
+@pytest.mark.parametrize("kind", ["baseline", "naive", "ambient", "ambient-reversed"])
 def test_each_loss_lowers(kind, digits, corrupted):
     torch.manual_seed(0)
     model = _tiny_unet()
     objective = {
         "baseline": lambda: MDLMBaseline(model),
         "naive": lambda: NaiveCorrupted(model),
-        "ambient": lambda: AmbientMDLM(model, masked_fraction=0.5),
+        "ambient": lambda: AmbientMDLM(model, masked_fraction=0.5, inner_steps=2),
+        "ambient-reversed": lambda: AmbientMDLM(model, masked_fraction=0.5, role="reversed"),
     }[kind]()
     if kind == "baseline":
         batch = (digits.tokens[:64],)
@@ -80,14 +82,16 @@ def test_each_loss_lowers(kind, digits, corrupted):
     assert after < 0.8 * before, (before, after)
 
 
-@pytest.mark.parametrize("kind", ["naive", "ambient"])
+@pytest.mark.parametrize("kind", ["naive", "ambient", "reversed"])
 def test_loss_never_reads_unobserved_pixels(kind, corrupted, digits):
     """Poison the unobserved pixels (the true values, flipped values, or garbage ids): the loss and
     its gradient are bit-identical for the same random draws."""
     torch.manual_seed(0)
     model = _tiny_unet()
     objective = (
-        NaiveCorrupted(model) if kind == "naive" else AmbientMDLM(model, masked_fraction=0.5)
+        NaiveCorrupted(model)
+        if kind == "naive"
+        else AmbientMDLM(model, masked_fraction=0.5, role="student" if kind == "ambient" else kind)
     )
     x_obs, observed = corrupted.x_obs[:16], corrupted.observed[:16]
     truth = digits.tokens[:16]
@@ -153,10 +157,11 @@ def test_ambient_bad_masked_fraction():
         AmbientMDLM(_tiny_unet(), masked_fraction=1.0)
 
 
-def test_consistency_target_is_exact_step(monkeypatch):
-    """The teacher sees x_s from one exact reverse step: each masked pixel stays masked with
-    probability s/t (s = t − step_back), the others take the student's sample, and the teacher's
-    input flags exactly the still-masked pixels (the seed flagged the revealed set)."""
+def test_reversed_consistency_target_is_exact_step():
+    """The previous (reversed-role) variant, ``role="reversed"``: the model at the data's level is
+    the student and its target comes from one exact reverse step to s = t − step_back: each
+    masked pixel stays masked with probability s/t, the others take the student's sample, and the
+    second model call flags exactly the still-masked pixels (the seed flagged the revealed set)."""
     seen = []
 
     class Recorder(torch.nn.Module):
@@ -170,12 +175,12 @@ def test_consistency_target_is_exact_step(monkeypatch):
             logits[..., 1] = 30.0  # the student is sure every pixel is on
             return logits + self.bias
 
-    obj = AmbientMDLM(Recorder(), masked_fraction=0.6, step_back=0.2)
+    obj = AmbientMDLM(Recorder(), masked_fraction=0.6, role="reversed", step_back=0.2)
     torch.manual_seed(0)
     n = 64
     observed = torch.rand(n, 28, 28) > 0.6
     x_obs = torch.zeros(n, 28, 28, dtype=torch.long).masked_fill(~observed, MASK)
-    obj.consistency_loss(x_obs, observed)
+    obj.consistency_loss(x_obs)
     student_in, teacher_in = seen
     assert torch.equal(student_in, x_obs)
     masked = ~observed
@@ -190,6 +195,20 @@ def test_consistency_target_is_exact_step(monkeypatch):
     assert abs(got - expected) < 6 * sd, (got, expected)
 
 
+def test_ambient_options_are_checked():
+    model = _tiny_unet()
+    for kw, name in [
+        ({"role": "teacher"}, "'role'"),
+        ({"divergence": "l1"}, "'divergence'"),
+        ({"inner_steps": 0}, "'inner_steps'"),
+        ({"subsample": 1.5}, "'subsample'"),
+    ]:
+        with pytest.raises(ValueError, match=name):
+            AmbientMDLM(model, masked_fraction=0.5, **kw)
+    with pytest.raises(ValueError, match="inner_steps"):
+        make_objective("naive", model, inner_steps=2)
+
+
 def test_pixel_ce_matches_log_softmax():
     torch.manual_seed(0)
     logits = torch.randn(5, 7, 3, dtype=torch.float64)
@@ -200,9 +219,9 @@ def test_pixel_ce_matches_log_softmax():
     torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-6)
 
 
-def test_elbo_exact_for_independent_pixels(digits):
-    """A model predicting every pixel independently with probabilities θ has NELBO equal to its
-    exact NLL Σ_i −log p_θ(x_i) (any-order form: every mask set gives the same sum)."""
+def _independent_pixels(digits, count: int = 64):
+    """(model predicting every pixel independently with probabilities θ = the pixel means,
+    ``count`` digits, their exact NLL Σ_i −log p_θ(x_i) in bits per pixel [count])."""
     theta = digits.tokens.float().mean(0).clamp(0.02, 0.98)
 
     def model(x):
@@ -210,12 +229,59 @@ def test_elbo_exact_for_independent_pixels(digits):
         logits[..., 1] = torch.log(theta / (1 - theta))
         return logits
 
-    x0 = digits.tokens[:64]
+    x0 = digits.tokens[:count]
     exact = -(x0 * theta.log() + (1 - x0) * (1 - theta).log()).flatten(1).sum(1)
-    exact_bpp = (exact / (784 * math.log(2))).mean().item()
+    return model, x0, exact / (784 * math.log(2))
+
+
+def test_elbo_exact_for_independent_pixels(digits):
+    """A model predicting every pixel independently with probabilities θ has NELBO equal to its
+    exact NLL Σ_i −log p_θ(x_i) (any-order form: every mask set gives the same sum)."""
+    model, x0, exact = _independent_pixels(digits)
+    exact_bpp = exact.mean().item()
     got, stderr = nelbo_bits_per_token(model, x0, mask_index=MASK, repeats=4)
     assert abs(got - exact_bpp) < 6 * stderr + 1e-9
     assert 0 < exact_bpp < 1
+
+
+@pytest.mark.parametrize("t_max", [0.5, 0.9])
+def test_elbo_part_below_t_max_independent_pixels(digits, t_max):
+    """Independent pixels: every k-subset has the same mean CE, so the part from t < t_max is
+    Σ_k P(Bin(n, t_max) ≥ k) · NLL/n = t_max · NLL."""
+    model, x0, exact = _independent_pixels(digits)
+    want = t_max * exact.mean().item()
+    got, stderr = nelbo_bits_per_token(model, x0, mask_index=MASK, repeats=4, t_max=t_max)
+    assert abs(got - want) < 6 * stderr + 1e-9
+
+
+@pytest.mark.parametrize("t_max", [0.3, 0.9])
+def test_elbo_part_below_t_max_level_dependent_model(digits, t_max):
+    """A model whose prediction depends on the number k of masked pixels only: E[mean CE | k] =
+    f(k) is known exactly, and the part from t < t_max is Σ_k P(Bin(n, t_max) ≥ k) · f(k), the
+    weights of the time integral ∫_0^{t_max} (1/t) P(k | t) dt; it is below the full NELBO."""
+    n = 784
+    x0 = digits.tokens[:128]
+
+    def p_on(k):
+        return torch.sigmoid(4.0 * k / n - 3.0)
+
+    def model(x):
+        k = (x == MASK).flatten(1).sum(1).double()
+        logits = torch.zeros(*x.shape, 3)
+        logits[..., 1] = torch.logit(p_on(k)).float().view(-1, 1, 1)
+        return logits
+
+    k = torch.arange(1, n + 1, dtype=torch.float64)
+    on = x0.flatten(1).double().mean(1)  # fraction of "on" pixels per image
+    f = -(on[:, None] * p_on(k).log() + (1 - on[:, None]) * (1 - p_on(k)).log())  # [N, n]
+    binom = torch.distributions.Binomial(n, torch.tensor(t_max, dtype=torch.float64))
+    pmf = binom.log_prob(torch.arange(0, n + 1, dtype=torch.float64)).exp()
+    w = pmf.flip(0).cumsum(0).flip(0)[1:]  # P(Bin ≥ k), k = 1..n
+    want = ((f * w).sum(1) / (n * math.log(2))).mean().item()
+    got, stderr = nelbo_bits_per_token(model, x0, mask_index=MASK, repeats=8, t_max=t_max)
+    assert abs(got - want) < 6 * stderr + 1e-9, (got, want, stderr)
+    full, _ = nelbo_bits_per_token(model, x0, mask_index=MASK, repeats=2)
+    assert got < full
 
 
 def test_elbo_bad_input(digits):
@@ -223,6 +289,9 @@ def test_elbo_bad_input(digits):
         nelbo_bits_per_token(_tiny_unet(), digits.tokens[:0], mask_index=MASK)
     with pytest.raises(ValueError, match="'repeats'"):
         nelbo_bits_per_token(_tiny_unet(), digits.tokens[:2], mask_index=MASK, repeats=0)
+    for t_max in (0.0, 1.5):
+        with pytest.raises(ValueError, match="'t_max'"):
+            nelbo_bits_per_token(_tiny_unet(), digits.tokens[:2], mask_index=MASK, t_max=t_max)
 
 
 def test_frechet_zero_for_same_data_large_for_noise(tmp_path):
@@ -254,3 +323,21 @@ def test_frechet_matches_closed_form_gaussians():
     b = torch.randn(n, d, generator=g, dtype=torch.float64) * 2 + 1
     # Σa = I, Σb = 4I: d² = 3·1 + 3 + 12 − 2·3·2 = 6
     assert abs(dfm.frechet_distance(a, b) - 6.0) < 0.1
+
+
+def test_elbo_keyed_noise_does_not_depend_on_batch_size(digits):
+    """With ``seed`` each image's masks are keyed by (seed, repeat, its index): the estimate is
+    the same whatever the evaluation batch size, and another seed gives another estimate."""
+    x0 = digits.tokens[:24]
+
+    def model(x):  # depends on how many pixels are masked, so the masks matter
+        k = (x == MASK).flatten(1).sum(1).float()
+        logits = torch.zeros(*x.shape, 3)
+        logits[..., 1] = (4.0 * k / 784 - 3.0).view(-1, 1, 1)
+        return logits
+
+    a = nelbo_bits_per_token(model, x0, mask_index=MASK, repeats=2, batch_size=24, seed=3)
+    b = nelbo_bits_per_token(model, x0, mask_index=MASK, repeats=2, batch_size=7, seed=3)
+    c = nelbo_bits_per_token(model, x0, mask_index=MASK, repeats=2, batch_size=24, seed=4)
+    assert a[0] == pytest.approx(b[0], rel=1e-6) and a[1] == pytest.approx(b[1], rel=1e-5)
+    assert a[0] != pytest.approx(c[0], rel=1e-6)

@@ -74,3 +74,47 @@ def test_cli_presets(tmp_path, capsys):
     assert result["loss"] > 0
     assert cli.main(["train", "mnist-baseline", "model.preset=huge"]) != 0
     assert "unknown model.preset 'huge'" in capsys.readouterr().err
+
+
+def test_table_run_names():
+    from mdfast.experiments.mnist.table import RUNS, parse_run
+
+    assert parse_run("baseline") == ("baseline", 0.0, {})
+    assert parse_run("naive@0.5") == ("naive", 0.5, {})
+    assert parse_run("ambient@0.9") == ("ambient", 0.9, {"consistency_weight": 1.0})
+    assert parse_run("ambient-easy@0.5")[2] == {"consistency_weight": 0.0}
+    assert parse_run("ambient-l0.1-k8-kl@0.9")[2] == {
+        "consistency_weight": 0.1,
+        "inner_steps": 8,
+        "divergence": "kl",
+    }
+    assert parse_run("ambient-reversed@0.9")[2]["role"] == "reversed"
+    for name in RUNS:
+        parse_run(name)
+    for bad in ("ambient", "naive-l1@0.5", "ambient-x3@0.5", "ambient@1.0", "mdlm@0.5"):
+        with pytest.raises(ValueError, match="run name"):
+            parse_run(bad)
+
+
+def test_diagnostics_rows(tmp_path):
+    """The consistency-gradient diagnostics on a tiny model: one row per variant plus the easy
+    loss's, cosines in [-1, 1], and the probe's held-out parts."""
+    from mdfast.experiments.mnist.diagnostics import diagnose
+
+    torch.manual_seed(0)
+    model = exp.build_model({"base": 8, "mults": (1, 2), "num_res_blocks": 1, "patch": 2})
+    torch.nn.init.normal_(model.out.weight, std=0.1)
+    rows = diagnose(
+        model,
+        masked_fraction=0.5,
+        variants=["ambient-k1", "ambient-reversed"],
+        batches=2,
+        batch_size=8,
+        probe_steps=1,
+    )
+    assert [r["variant"] for r in rows] == ["easy", "ambient-k1", "ambient-reversed"]
+    for r in rows:
+        assert -1 <= r["cos_oracle"] <= 1 and r["norm_ratio"] > 0
+        assert 0 < r["below_after_probe"] < 2 and 0 < r["below_before"] < 2
+    with pytest.raises(ValueError, match="not an ambient run name"):
+        diagnose(model, masked_fraction=0.5, variants=["naive"], batches=1)

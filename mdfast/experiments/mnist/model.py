@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from mdfast.models.dropout import KeyedDropout, name_dropout_streams
 from mdfast.models.embeddings import sinusoidal_embedding
 
 __all__ = ["MODEL_PRESETS", "MNISTUNet", "build_model"]
@@ -43,7 +44,7 @@ class _ResBlock(nn.Module):
         self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
         self.emb = nn.Linear(emb_dim, 2 * cout)
         self.norm2 = _norm(cout)
-        self.drop = nn.Dropout(dropout)
+        self.drop = KeyedDropout(dropout)
         self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
         self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
 
@@ -136,6 +137,7 @@ class MNISTUNet(nn.Module):
         self.out = nn.Conv2d(ch, self.vocab_size * patch * patch, 3, padding=1)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
+        name_dropout_streams(self)
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor | None = None) -> torch.Tensor:
         """Logits of ``x``; ``sigma`` (the objectives' time argument) is ignored: the net reads

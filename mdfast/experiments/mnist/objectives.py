@@ -19,20 +19,20 @@ Objectives (each a module with ``loss(batch) -> (loss, metrics)``):
   * easy loss: draw a total masked fraction t_e ~ U(t_d, 1) and hide each observed pixel with
     prob (t_e − t_d)/(1 − t_d), so the input's masked fraction is t_e in expectation (the seed fed
     t_e but actually masked t_d + (1 − t_d)·t_e); CE on the observed-but-now-hidden pixels only
-    (mean over them), the only pixels whose value is known;
-  * consistency loss: the student is the model at the data (x_obs, noise level t_d), with
-    gradient. Without gradient: x̂ ~ p_θ(· | x_obs); a reverse step to s = max(t_d − δ, s_min)
-    keeps each masked pixel masked with prob s/t_d (the exact stay-masked probability) and reveals
-    the others with their x̂ value; the teacher is the same model at that x_s. The target of
-    masked pixel i is one-hot(x̂_i) where it was revealed and p_θ(x0_i | x_s) where it stayed
-    masked — a one-sample estimate of E_{x_s}[p(x0_i | x_s)] = p(x0_i | x_obs) (the martingale
-    property). Loss: soft-target CE of the student against it, mean over masked pixels.
-    (The seed revealed the pixels it meant to keep masked and vice versa, and flagged the wrong
-    set as masked; fixed here.)
+    (mean over them), the only pixels whose value is known. It trains the levels t ≥ t_d;
+  * consistency loss (:mod:`~mdfast.experiments.mnist.consistency`): trains the levels s < t_d,
+    where no pixel value is known, from the martingale identity
+    p(x0 | x_t) = E_{x_s ~ p_θ(x_s | x_t)} p(x0 | x_s): the model at the data's level is the
+    teacher (no gradient), the model at x_s (reached by the model's own reverse steps) the
+    student; ``role="reversed"`` is the previous variant with the roles the other way round;
   * total: easy + consistency_weight · consistency.
 
 Nothing here reads the value of an unobserved pixel: every objective overwrites them with MASK
 before use.
+
+Noise: t and the forward masks are ``Purpose.TIME`` / ``Purpose.MASK`` draws of
+:mod:`mdfast.rng` (keyed by seed, step and global sample index under the trainer's NoiseKey),
+the consistency loss's draws have purposes of their own.
 """
 
 from __future__ import annotations
@@ -40,8 +40,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from mdfast import rng
 from mdfast.diffusion.base import Objective, unpack
 from mdfast.diffusion.mdlm import MDLM
+from mdfast.experiments.mnist.consistency import (
+    DIVERGENCES,
+    ROLES,
+    consistency_loss,
+    reversed_consistency_loss,
+)
 from mdfast.experiments.mnist.data import MASK
 from mdfast.experiments.mnist.presets import check_experiment
 from mdfast.ops import masked_ce
@@ -103,7 +110,7 @@ class NaiveCorrupted(Objective):
         x_obs, observed = _corrupted(batch)
         t = sample_t(x_obs.shape[0], device=x_obs.device)
         move = self.schedule.move_chance(t).view(-1, 1, 1)
-        noised = torch.rand(x_obs.shape, device=x_obs.device) < move
+        noised = rng.draw(rng.Purpose.MASK, x_obs.shape, device=x_obs.device) < move
         xt = x_obs.masked_fill(noised, MASK)
         # MDLM's SUBS term, restricted to pixels whose value is known.
         weight = (noised & observed) * self.schedule.loss_weight(t).view(-1, 1, 1)
@@ -120,8 +127,13 @@ class AmbientMDLM(Objective):
         masked_fraction: the data's masked fraction t_d, in [0, 1), kept as a record (``None``:
             not given); both losses read each image's own noise level from its mask.
         consistency_weight: λ in easy + λ · consistency (the seed's ``--consistency_weight``).
-        step_back: δ, the teacher's noise level is s = max(t_d − δ, min_teacher_level).
-        min_teacher_level: floor of s.
+        role: ``"student"`` (the model at s < t_d learns from the model at t_d) or
+            ``"reversed"`` (the previous variant: the model at t_d learns from s = t_d − δ).
+        inner_steps: reverse steps from t_d to s (``role="student"``).
+        divergence: ``"brier"`` or ``"kl"`` (``role="student"``; see
+            :func:`~mdfast.experiments.mnist.consistency.consistency_loss`).
+        subsample: the consistency term uses the samples whose index is a multiple of it.
+        step_back: δ of ``role="reversed"``.
     """
 
     kind = "ambient"
@@ -131,54 +143,56 @@ class AmbientMDLM(Objective):
         model: nn.Module,
         masked_fraction: float | None = None,
         consistency_weight: float = 1.0,
+        role: str = "student",
+        inner_steps: int = 4,
+        divergence: str = "brier",
+        subsample: int = 2,
         step_back: float = 0.1,
-        min_teacher_level: float = 1e-3,
     ):
         super().__init__(model)
         if masked_fraction is not None and not 0.0 <= masked_fraction < 1.0:
             raise ValueError(
                 f"mdfast: argument 'masked_fraction' must be in [0, 1), got {masked_fraction}"
             )
+        if role not in ROLES:
+            raise ValueError(f"mdfast: option 'role' must be one of {list(ROLES)}, got {role!r}")
+        if divergence not in DIVERGENCES:
+            raise ValueError(
+                f"mdfast: option 'divergence' must be one of {list(DIVERGENCES)}, "
+                f"got {divergence!r}"
+            )
+        for name, value in (("inner_steps", inner_steps), ("subsample", subsample)):
+            if isinstance(value, bool) or int(value) != value or value < 1:
+                raise ValueError(f"mdfast: option '{name}' must be an integer >= 1, got {value}")
         self.masked_fraction = None if masked_fraction is None else float(masked_fraction)
         self.consistency_weight = float(consistency_weight)
+        self.role = role
+        self.inner_steps = int(inner_steps)
+        self.divergence = divergence
+        self.subsample = int(subsample)
         self.step_back = float(step_back)
-        self.min_teacher_level = float(min_teacher_level)
 
     def easy_loss(self, x_obs: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
         # t_e = t_d + (1 − t_d)·u, u ~ U[ε, 1) (antithetic): hiding each observed pixel with
         # probability (t_e − t_d)/(1 − t_d) = u makes the masked fraction t_e in expectation,
         # whatever the image's own t_d is.
         u = sample_t(x_obs.shape[0], device=x_obs.device)
-        hidden = observed & (torch.rand(x_obs.shape, device=x_obs.device) < u.view(-1, 1, 1))
+        hide = rng.draw(rng.Purpose.MASK, x_obs.shape, device=x_obs.device) < u.view(-1, 1, 1)
+        hidden = observed & hide
         x_in = x_obs.masked_fill(hidden, MASK)
         per_pixel = pixel_ce(self.model(x_in), x_obs, hidden)
         return per_pixel.sum() / hidden.sum().clamp(min=1)
 
-    def consistency_loss(self, x_obs: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
-        masked = ~observed
-        if not masked.any():
-            return x_obs.new_zeros((), dtype=torch.float32)
-        student = self.model(x_obs)
-        t = masked.flatten(1).float().mean(1).clamp(min=1e-6)  # the realised data noise level
-        s = (t - self.step_back).clamp(min=self.min_teacher_level)
-        with torch.no_grad():
-            logits = student.detach().float()
-            logits[..., MASK] = float("-inf")
-            p1 = logits.softmax(-1)[..., 1]
-            x_hat = (torch.rand_like(p1) < p1).long()
-            stay = masked & (torch.rand(x_obs.shape, device=x_obs.device) < (s / t).view(-1, 1, 1))
-            x_s = torch.where(masked & ~stay, x_hat, x_obs)
-            teacher = self.model(x_s).float()
-            teacher[..., MASK] = float("-inf")
-            q1 = torch.where(stay, teacher.softmax(-1)[..., 1], x_hat.float())
-        # Soft-target CE = q1·CE(target 1) + (1 − q1)·CE(target 0): one call over both halves.
-        ones = torch.ones_like(x_obs)
-        per_pixel = pixel_ce(
-            torch.cat([student, student]),
-            torch.cat([ones, 1 - ones]),
-            torch.cat([q1 * masked, (1 - q1) * masked]),
+    def consistency_loss(self, x_obs: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        if self.role == "reversed":
+            return reversed_consistency_loss(self.model, x_obs, step_back=self.step_back)
+        return consistency_loss(
+            self.model,
+            x_obs,
+            inner_steps=self.inner_steps,
+            divergence=self.divergence,
+            subsample=self.subsample,
         )
-        return per_pixel.sum() / masked.sum()
 
     def forward(self, batch):
         x_obs, observed = _corrupted(batch)
@@ -186,9 +200,10 @@ class AmbientMDLM(Objective):
         metrics = {"easy": easy.detach()}
         loss = easy
         if self.consistency_weight != 0:
-            hard = self.consistency_loss(x_obs, observed)
+            hard, extra = self.consistency_loss(x_obs)
             loss = loss + self.consistency_weight * hard
             metrics["consistency"] = hard.detach()
+            metrics.update({f"consistency_{k}": v.detach() for k, v in extra.items()})
         metrics["loss"] = loss.detach()
         return loss, metrics
 
@@ -199,13 +214,23 @@ def make_objective(
     *,
     masked_fraction: float = 0.9,
     consistency_weight: float = 1.0,
+    **ambient_options,
 ):
-    """The objective of ``experiment`` (``baseline``, ``naive`` or ``ambient``) on ``model``."""
+    """The objective of ``experiment`` (``baseline``, ``naive`` or ``ambient``) on ``model``;
+    ``ambient_options``: the other arguments of :class:`AmbientMDLM` (role, inner_steps, …)."""
     check_experiment(experiment)
+    if ambient_options and experiment != "ambient":
+        raise ValueError(
+            f"mdfast: options {sorted(ambient_options)} are the ambient objective's, not the "
+            f"{experiment} experiment's"
+        )
     if experiment == "baseline":
         return MDLMBaseline(model)
     if experiment == "naive":
         return NaiveCorrupted(model)
     return AmbientMDLM(
-        model, masked_fraction=masked_fraction, consistency_weight=consistency_weight
+        model,
+        masked_fraction=masked_fraction,
+        consistency_weight=consistency_weight,
+        **ambient_options,
     )

@@ -57,7 +57,14 @@ def register() -> None:
     register_objective("mnist_naive", {}, lambda model, o: NaiveCorrupted(model))
     register_objective(
         "mnist_ambient",
-        {"consistency_weight": 1.0, "step_back": 0.1},
+        {
+            "consistency_weight": 1.0,
+            "role": "student",
+            "inner_steps": 4,
+            "divergence": "brier",
+            "subsample": 2,
+            "step_back": 0.1,
+        },
         lambda model, o: AmbientMDLM(model, **o),
     )
     register_data("mnist", {"source": "shipped", "masked_fraction": 0.0, "seed": 0}, _load_data)

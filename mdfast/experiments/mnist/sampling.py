@@ -30,8 +30,10 @@ def sample(
     ``sampler="reference"``: the seed-style reference :func:`mdfast.baselines.seed_sample`
     (MDLM's ``_ddpm_caching_update``: materialised float64 posterior over all classes) — the
     same chain, the baseline for timing.
+
+    Batch i of the job samples with the seed ``rng.stream_seed(seed, Purpose.BATCH, i)``.
     """
-    from mdfast import baselines, sampling
+    from mdfast import baselines, rng, sampling
 
     if sampler not in ("mdfast", "reference"):
         raise ValueError(
@@ -43,11 +45,14 @@ def sample(
     with torch.no_grad():
         for i, start in enumerate(range(0, num_samples, batch_size)):
             b = min(batch_size, num_samples - start)
+            batch_seed = rng.stream_seed(seed, rng.Purpose.BATCH, i)
             kw = {"batch_size": b, "length": NUM_PIXELS, "mask_index": MASK, "steps": steps}
             if sampler == "mdfast":
-                x = sampling.ddpm_cache(model, **kw, schedule="linear", seed=seed + i, device=dev).x
+                x = sampling.ddpm_cache(
+                    model, **kw, schedule="linear", seed=batch_seed, device=dev
+                ).x
             else:
-                gen = torch.Generator(device=dev).manual_seed(seed + i)
+                gen = torch.Generator(device=dev).manual_seed(batch_seed)
                 x, _ = baselines.seed_sample(
                     model, **kw, sampler="ddpm_cache", generator=gen, device=dev
                 )

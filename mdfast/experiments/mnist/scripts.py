@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from mdfast.experiments.mnist.checkpoint import load_checkpoint
+from mdfast.experiments.mnist.consistency import DIVERGENCES, ROLES
 from mdfast.experiments.mnist.grid import save_grid
 from mdfast.experiments.mnist.model import MODEL_PRESETS
 from mdfast.experiments.mnist.presets import EXPERIMENTS
@@ -27,6 +28,24 @@ def _train_parser(experiment: str) -> argparse.ArgumentParser:
     if experiment == "ambient":
         p.add_argument(
             "--consistency_weight", type=float, default=1.0, help="weight of the consistency loss"
+        )
+        p.add_argument(
+            "--inner_steps",
+            type=int,
+            default=4,
+            help="reverse steps from the data's level t_d to the student's level s (default 4)",
+        )
+        p.add_argument(
+            "--divergence",
+            default="brier",
+            choices=DIVERGENCES,
+            help="teacher vs x_s-averaged student (brier, chi2) or per-sample kl (ablation)",
+        )
+        p.add_argument(
+            "--role",
+            default="student",
+            choices=ROLES,
+            help="student: the model at s < t_d learns (default); reversed: the previous variant",
         )
     if experiment != "baseline":
         p.add_argument(
@@ -53,6 +72,11 @@ def train_main(experiment: str, argv=None) -> dict:
         device=args.device,
         masked_fraction=getattr(args, "masked_fraction", 0.0),
         consistency_weight=getattr(args, "consistency_weight", 0.0),
+        ambient_options=(
+            {"inner_steps": args.inner_steps, "divergence": args.divergence, "role": args.role}
+            if experiment == "ambient"
+            else None
+        ),
         data=args.data,
         model_preset=args.model,
         batch_size=args.batch_size,

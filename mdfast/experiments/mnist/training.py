@@ -27,6 +27,7 @@ def train_experiment(
     device: str | None = None,
     masked_fraction: float = 0.9,
     consistency_weight: float = 1.0,
+    ambient_options: dict | None = None,
     data: str | None = "shipped",
     model_preset: str = "small",
     batch_size: int = 64,
@@ -41,6 +42,9 @@ def train_experiment(
     The run is cut into segments of ``save_every`` epochs: the trainer resumes exactly from its
     own checkpoint at each boundary and the model is exported as
     ``{experiment}_mnist_epoch{N}.pth``. ``max_steps`` caps the total optimiser steps (demo).
+    ``ambient_options``: more arguments of
+    :class:`~mdfast.experiments.mnist.objectives.AmbientMDLM` (``role``, ``inner_steps``,
+    ``divergence``, …; ambient only), recorded in the checkpoints.
     Returns ``{"model", "final", "checkpoints", "seconds", "steps", "images_per_s"}``.
     """
     from mdfast.train import TrainConfig, train
@@ -52,14 +56,24 @@ def train_experiment(
     total = n_epochs * steps_per_epoch if max_steps is None else int(max_steps)
     torch.manual_seed(seed)
     model = build_model(model_preset)
+    options = dict(ambient_options or {}) if experiment == "ambient" else {}
+    if ambient_options and experiment != "ambient":
+        raise ValueError(
+            f"mdfast: argument 'ambient_options' is for the ambient experiment, not {experiment!r}"
+        )
     objective = make_objective(
-        experiment, model, masked_fraction=masked_fraction, consistency_weight=consistency_weight
+        experiment,
+        model,
+        masked_fraction=masked_fraction,
+        consistency_weight=consistency_weight,
+        **options,
     ).to(dev)
     out = Path(output_folder)
     out.mkdir(parents=True, exist_ok=True)
     meta = {
         "masked_fraction": masked_fraction if experiment != "baseline" else 0.0,
         "consistency_weight": consistency_weight if experiment == "ambient" else 0.0,
+        "ambient_options": options,
         "model_preset": model_preset,
         "data": data or "shipped",
     }
