@@ -98,8 +98,8 @@ def test_classifier_trainer_is_deterministic(fresh_seed):
     def make():
         return ConvClassifier(8, 2, width=4, feature_dim=8)
 
-    a = train_classifier(make, images, labels, epochs=2, lr=1e-2, batch_size=64, seed=1)
-    b = train_classifier(make, images, labels, epochs=2, lr=1e-2, batch_size=64, seed=1)
+    a = train_classifier(make, images, labels, epochs=6, lr=1e-2, batch_size=64, seed=1)
+    b = train_classifier(make, images, labels, epochs=6, lr=1e-2, batch_size=64, seed=1)
     for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
         assert torch.equal(pa, pb)
     with torch.no_grad():
@@ -187,7 +187,8 @@ def test_fid_of_decoded_tokens(tmp_path, fresh_seed):
     delta = 0.1
     shifted = fid.stats(images + delta)
     want = float((delta * net.w.sum(0)).square().sum())
-    assert decoded_fid(vq, tokens, fid, shifted, batch_size=2) == pytest.approx(want, rel=1e-6)
+    # float32 features: the shift's closed form holds to float32 rounding of the decoded images
+    assert decoded_fid(vq, tokens, fid, shifted, batch_size=2) == pytest.approx(want, rel=1e-4)
     with pytest.raises(ValueError, match="'batch_size'"):
         decoded_fid(vq, tokens, fid, ref, batch_size=0)
 

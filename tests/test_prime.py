@@ -589,8 +589,9 @@ def test_module_nll_of_perfect_model_estimates_the_entropy(path, convention, fre
 
 def test_module_loss_trains(path, fresh_seed):
     """Prime's digit embedding + a linear head on skewed tokens: both losses are finite, the
-    gradient reaches the embedding, and 60 Adam steps lower the ELBO loss measured on fixed
-    noise (the model learns the class frequencies given the visible digits)."""
+    gradient reaches the embedding, and 60 Adam steps bring the ELBO loss measured on fixed noise
+    most of the way down to the data's entropy (the model learns the class frequencies given the
+    visible digits)."""
     from mdfast.diffusion import Prime
 
     torch.manual_seed(fresh_seed % 2**31)
@@ -628,7 +629,10 @@ def test_module_loss_trains(path, fresh_seed):
         assert m.embedding.weight.grad.abs().sum() > 0
         opt.step()
     after = eval_loss()
-    assert after < 0.8 * before, (before, after)
+    # the unigram entropy H of the data is about where a model of the class frequencies lands:
+    # most of the gap from the initial loss to H must close (the gap varies with the seed's law)
+    entropy = float(-(probs * probs.log()).sum())
+    assert after < entropy + 0.3 * (before - entropy), (before, after, entropy)
 
 
 @pytest.mark.parametrize(("convention", "t", "s"), [("polynomial", 0.3, 0.6), ("mdlm", 0.6, 0.3)])
