@@ -1,12 +1,13 @@
 """Deterministic, resumable batching.
 
 The stream of global batches is a pure function of ``(seed, position)``: epoch ``e`` visits the
-dataset in the order ``randperm(n, seed + e)`` and step ``s`` takes global samples
-``[s·B, (s+1)·B)`` of that concatenated stream. Rank ``r`` of ``W`` takes the ``r``-th slice of
-``B/W`` samples and splits it into ``grad_accum`` micro-batches. So one process and ``W``
-processes with the same global batch see the same samples, and resuming at step ``s`` needs only
-``s`` (the "data position" stored in checkpoints). :meth:`StepBatches.batch_positions` gives a
-micro-batch's positions in its global batch, which key the samples' noise.
+dataset in the order ``randperm(n)`` of a generator seeded ``seed·1000003 + e``, and step ``s``
+takes global samples ``[s·B, (s+1)·B)`` of that concatenated stream. Rank ``r`` of ``W`` takes the
+``r``-th slice of ``B/W`` samples and splits it into ``grad_accum`` micro-batches. So one process
+and ``W`` processes with the same global batch see the same samples, and resuming at step ``s``
+needs only ``s`` (the "data position" stored in checkpoints).
+:meth:`StepBatches.batch_positions` gives a micro-batch's positions in its global batch, which
+key the samples' noise.
 """
 
 from __future__ import annotations
