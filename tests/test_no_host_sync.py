@@ -13,11 +13,16 @@ on every operator that needs a device value on the host, around:
 
 Each also runs with the checks switched on (``validation("full")``, ``compact_rows=True``), which
 must trip the detector, so the detector is shown to work. On a GPU: every op and a ``subs_loss``
-training step under ``torch.cuda.set_sync_debug_mode("error")``, and a loop of ``mask_step``
-calls captured in a CUDA graph and replayed with the eager tokens.
+training step under ``torch.cuda.set_sync_debug_mode("error")``; whole ddpm / ddpm_cache /
+first_hitting / ReMDM sampling loops synchronise at most once per step (the cached samplers'
+"did anything change" branch), counted with the sync debug mode's warnings; a loop of
+``mask_step`` calls captured in a CUDA graph and replayed with the eager tokens; a sampling step
+under ``torch.compile(mode="reduce-overhead")`` gives the eager tokens.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import pytest
 import torch
@@ -25,7 +30,7 @@ from op_contract_cases import good_arguments
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import mdfast
-from mdfast import _extension, losses, ops
+from mdfast import _extension, losses, ops, sampling
 
 aten = torch.ops.aten
 needs_ops = pytest.mark.skipif(not _extension.has_ops, reason="compiled kernels not built")
@@ -326,3 +331,75 @@ def test_cuda_graph_of_mask_steps_replays_the_eager_tokens():
     static_in.copy_(half)
     graph.replay()
     assert torch.equal(static_out, loop(half.clone()))
+
+
+class _PositionDenoiser:
+    """logits [B, L, V]: a fixed table per position plus a term of the visible tokens (one-hot by
+    comparison, so no operator of the model synchronises); the mask logit is -inf."""
+
+    def __init__(self, length: int, vocab: int, mask: int, device):
+        g = torch.Generator().manual_seed(0)
+        self.table = torch.randn(length, vocab, generator=g).to(device)
+        self.mix = (0.5 * torch.randn(vocab, vocab, generator=g)).to(device)
+        self.ids = torch.arange(vocab, device=device)
+        self.is_mask = self.ids == mask
+
+    def __call__(self, x, t=None):
+        context = (x[..., None] == self.ids).float().mean(1) @ self.mix  # [B, V]
+        logits = self.table[None] + context[:, None, :]
+        return logits.masked_fill(self.is_mask, float("-inf"))
+
+
+def _count_syncs(fn):
+    """(fn()'s result, host synchronisations during it): one warm-up call, then a call under
+    ``set_sync_debug_mode("warn")`` whose warnings are counted."""
+    fn()
+    torch.cuda.synchronize()
+    previous = torch.cuda.get_sync_debug_mode()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            out = fn()
+        finally:
+            torch.cuda.set_sync_debug_mode(previous)
+    return out, sum("synchroniz" in str(w.message) for w in caught)
+
+
+@needs_gpu
+def test_sync_counter_counts():
+    x = torch.ones(8, device="cuda")
+    _, n = _count_syncs(lambda: [float(x.sum()) for _ in range(3)])
+    assert n >= 3
+
+
+@needs_gpu
+@pytest.mark.parametrize("sampler", ["ddpm", "ddpm_cache", "first_hitting", "remdm-cap"])
+def test_cuda_sampling_loop_synchronises_at_most_once_per_step(sampler):
+    length, vocab, mask, steps = 24, 17, 16, 12
+    model = _PositionDenoiser(length, vocab, mask, "cuda")
+    kw = {"batch_size": 8, "length": length, "mask_index": mask, "steps": steps, "seed": 3,
+          "device": "cuda", "top_p": 0.9}  # fmt: skip
+    res, syncs = _count_syncs(lambda: sampling.sample(model, sampler=sampler, **kw))
+    assert res.x.device.type == "cuda" and not (res.x == mask).any()
+    assert syncs <= res.steps, (sampler, syncs, res.steps)
+
+
+@needs_gpu
+def test_reduce_overhead_compiled_sampling_step_gives_the_eager_tokens():
+    b, length, vocab, mask = 4, 32, 17, 16
+    model = _PositionDenoiser(length, vocab, mask, "cuda")
+
+    def step(x):
+        logits = model(x)
+        return ops.mask_step(
+            x, logits, mask_index=mask, alpha_t=0.3, alpha_s=0.6, seed=5, offset=2
+        )[0]
+
+    start = torch.full((b, length), mask, device="cuda")
+    start[:, ::3] = 2
+    want = step(start.clone())
+    assert (want != mask).any() and (want == mask).any()
+    compiled = torch.compile(step, mode="reduce-overhead", fullgraph=True)
+    for _ in range(3):  # warm-up, recording, replay
+        assert torch.equal(compiled(start.clone()), want)
